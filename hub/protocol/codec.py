@@ -1,0 +1,146 @@
+"""Canonical msgpack: one encoding per value, and a strict decoder. No I/O.
+
+The rules are in docs/protocol.md §2 ("Canonical encoding"). In short: maps have
+string keys in ascending code-point order with no duplicates; integers and
+lengths use their shortest form; strings are UTF-8 ``str``, byte strings ``bin``;
+no floats, no extension types; nesting at most :data:`MAX_DEPTH`; nothing after
+the value. A decoder MUST reject anything else, and does so before the caller
+does any work with the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgpack
+
+from .errors import DecodeError
+
+#: Deepest nesting of arrays/maps accepted anywhere (the content model needs 5).
+MAX_DEPTH: Final[int] = 12
+#: Default size limit of one encoded value, in bytes.
+MAX_SIZE: Final[int] = 1 << 20
+#: Most elements in one array or map.
+MAX_ITEMS: Final[int] = 4096
+
+_INT_MIN: Final[int] = -(1 << 63)
+_INT_MAX: Final[int] = (1 << 64) - 1
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"extension type {code} is not allowed")
+
+
+def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    # Keys must be strictly ascending: this rejects duplicates and any
+    # non-canonical order in one comparison per key.
+    prev: str | None = None
+    for key, _ in pairs:
+        if type(key) is not str:
+            raise DecodeError(f"map key {key!r} is not a string")
+        if prev is not None and key <= prev:
+            if key == prev:
+                raise DecodeError(f"duplicate map key {key!r}")
+            raise DecodeError(f"map keys out of canonical order at {key!r}")
+        prev = key
+    return dict(pairs)
+
+
+def _check_tree(obj: Any, max_depth: int) -> None:
+    """Reject floats, out-of-range ints and excessive depth (iteratively, no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        t = type(item)
+        if t is dict or t is list:
+            if depth > max_depth:
+                raise DecodeError(f"nesting deeper than {max_depth} levels")
+            children = item.values() if t is dict else item
+            for child in children:
+                ct = type(child)
+                if ct is dict or ct is list:
+                    stack.append((child, depth + 1))
+                elif ct is float:
+                    raise DecodeError("floating-point numbers are not allowed")
+        elif t is float:
+            raise DecodeError("floating-point numbers are not allowed")
+
+
+def decode(
+    data: bytes,
+    *,
+    max_size: int = MAX_SIZE,
+    max_items: int = MAX_ITEMS,
+    max_depth: int = MAX_DEPTH,
+) -> Any:
+    """Decode one canonical value, or raise :class:`DecodeError` saying what is wrong."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_size:
+        raise DecodeError(f"value is {len(data)} bytes, over the limit of {max_size}")
+    if not data:
+        raise DecodeError("empty input")
+    try:
+        # Declared lengths are capped before any allocation by the max_* limits.
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            object_pairs_hook=_pairs,
+            ext_hook=_reject_ext,
+            max_str_len=max_size,
+            max_bin_len=max_size,
+            max_array_len=max_items,
+            max_map_len=max_items,
+        )
+    except DecodeError:
+        raise
+    except msgpack.ExtraData:
+        raise DecodeError("trailing bytes after the value") from None
+    except UnicodeDecodeError:
+        raise DecodeError("a string is not valid UTF-8") from None
+    except msgpack.StackError:
+        raise DecodeError(f"nesting deeper than {max_depth} levels") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        msg = str(exc)
+        if "incomplete" in msg or "insufficient" in msg:
+            raise DecodeError("truncated input") from None
+        if "map key" in msg:
+            raise DecodeError("a map key is not a string") from None
+        raise DecodeError(f"not valid msgpack ({msg})") from None
+    _check_tree(obj, max_depth)
+    # Shortest-form integers, lengths and str/bin choice: the only encoding of
+    # the decoded value must be the input itself.
+    if msgpack.packb(obj, use_bin_type=True) != data:
+        raise DecodeError("not in canonical form (re-encoding differs)")
+    return obj
+
+
+def _canon(obj: Any, depth: int) -> Any:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
+    t = type(obj)
+    if t is dict:
+        out = {}
+        for key in sorted(obj):
+            if type(key) is not str:
+                raise ValueError(f"map key {key!r} is not a string")
+            out[key] = _canon(obj[key], depth + 1)
+        return out
+    if t is list or t is tuple:
+        return [_canon(v, depth + 1) for v in obj]
+    if t is bytearray or t is memoryview:
+        return bytes(obj)
+    if t is int:
+        if not _INT_MIN <= obj <= _INT_MAX:
+            raise ValueError(f"integer {obj} out of range")
+        return obj
+    if t is str or t is bytes or t is bool or obj is None:
+        return obj
+    raise ValueError(f"cannot encode a {t.__name__} canonically")
+
+
+def encode(obj: Any) -> bytes:
+    """The one canonical encoding of ``obj`` (dict keys are sorted here)."""
+    return msgpack.packb(_canon(obj, 1), use_bin_type=True)

@@ -1,0 +1,351 @@
+"""The packet envelope: seal, verify, open (docs/protocol.md §5).
+
+``seal`` encrypts content once under a fresh AES-256-GCM key, wraps that key to
+each recipient nation with HPKE, and signs the header. ``verify`` checks a packet
+from public material only (what the hub and auditors do); ``open`` verifies, then
+decrypts for one recipient. Every signature/decryption failure is the one opaque
+:class:`InvalidPacket`; bad structure is :class:`DecodeError`; an unusable signer
+certificate is :class:`UntrustedSigner`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import codec
+from .certs import Certificate, check_nation
+from .errors import DecodeError, InvalidPacket, UntrustedSigner, ValidationError
+from .keys import KemKey, SigningKey, signing_input
+from .suites import CONTENT_KEY_LEN, DEFAULT_SUITE, WRAPPED_KEY_OVERHEAD, Suite, get_suite
+from .trust import Trust
+
+VERSION: Final[int] = 1
+MAX_PACKET_SIZE: Final[int] = 1 << 20
+MAX_RECIPIENTS: Final[int] = 64
+MAX_TOPIC_LEN: Final[int] = 128
+MAX_LIFETIME: Final[int] = 366 * 86400
+DEFAULT_LIFETIME: Final[int] = 90 * 86400
+#: How far in the future a ``created`` time may be, for any verifier.
+MAX_FUTURE_SKEW: Final[int] = 300
+TOPIC_RE: Final = re.compile(r"[a-z0-9_-]{1,32}(\.[a-z0-9_-]{1,32}){0,7}")
+#: Content keys are used exactly once, so a fixed nonce is safe (as in age).
+_NONCE: Final[bytes] = bytes(12)
+
+_PACKET_FIELDS: Final = frozenset({"v", "header", "sig", "ct", "keys"})
+_HEADER_FIELDS: Final = frozenset({"v", "suite", "id", "sender", "to", "topic", "created", "expires", "ct", "commit"})
+
+
+@dataclass(frozen=True)
+class Recipient:
+    nation: str
+    #: Fingerprint of the recipient's node certificate whose HPKE key was used.
+    key: bytes
+    #: SHA-256 of the wrapped key addressed to this recipient.
+    wrap: bytes
+
+
+@dataclass(frozen=True)
+class Header:
+    """The routing header: everything the hub may read, all of it signed."""
+
+    raw: bytes
+    suite: Suite
+    id: bytes
+    sender: str
+    sender_cert: bytes
+    to: tuple[Recipient, ...]
+    topic: str
+    created: int
+    expires: int
+    ct_digest: bytes
+    commit: bytes
+
+    @property
+    def packet_id(self) -> str:
+        return str(uuid.UUID(bytes=self.id))
+
+    @property
+    def nations(self) -> tuple[str, ...]:
+        return tuple(r.nation for r in self.to)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "suite": self.suite.id,
+            "id": self.packet_id,
+            "sender": {"nation": self.sender, "cert": self.sender_cert.hex()},
+            "to": [{"nation": r.nation, "key": r.key.hex(), "wrap": r.wrap.hex()} for r in self.to],
+            "topic": self.topic,
+            "created": self.created,
+            "expires": self.expires,
+            "ct": self.ct_digest.hex(),
+            "commit": self.commit.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class Packet:
+    """A structurally valid packet; nothing about it is trusted yet."""
+
+    raw: bytes
+    header: Header
+    sig: dict[str, bytes]
+    ct: bytes
+    keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
+class Verified:
+    packet: Packet
+    signer: Certificate
+
+    @property
+    def header(self) -> Header:
+        return self.packet.header
+
+
+@dataclass(frozen=True)
+class Opened:
+    header: Header
+    signer: Certificate
+    content: dict[str, Any]
+    #: The salt and canonical content bytes: shown to an auditor, they prove what was signed.
+    salt: bytes
+    content_bytes: bytes
+
+
+def parse_packet_id(text: str) -> bytes:
+    try:
+        return uuid.UUID(text).bytes
+    except (ValueError, AttributeError, TypeError):
+        raise ValidationError("id", f"{text!r} is not a packet id (a UUID like 0193a1b2-...)") from None
+
+
+def new_packet_id(now_ms: int) -> bytes:
+    """A UUIDv7: time-ordered, so stores index packets in arrival order."""
+    rand = bytearray(os.urandom(10))
+    b = now_ms.to_bytes(6, "big") + bytes(rand)
+    b = bytearray(b)
+    b[6] = 0x70 | (b[6] & 0x0F)
+    b[8] = 0x80 | (b[8] & 0x3F)
+    return bytes(b)
+
+
+def commitment(salt: bytes, content_bytes: bytes) -> bytes:
+    return hashlib.sha256(signing_input("commit", salt + content_bytes)).digest()
+
+
+def _aad(h: dict[str, Any]) -> bytes:
+    """The routing fields, bound into the content AEAD (docs/protocol.md §5.4)."""
+    return codec.encode({
+        "v": h["v"], "suite": h["suite"], "id": h["id"], "sender": h["sender"],
+        "to": [r["nation"] for r in h["to"]], "topic": h["topic"],
+        "created": h["created"], "expires": h["expires"],
+    })
+
+
+def _info(suite: str, packet_id: bytes, sender: dict[str, Any], nation: str, key: bytes) -> bytes:
+    """HPKE ``info``: binds the wrapped key to this packet, sender and recipient (§5.5)."""
+    return signing_input("wrap", codec.encode(
+        {"suite": suite, "id": packet_id, "sender": sender, "recipient": {"nation": nation, "key": key}}
+    ))
+
+
+def _bytes32(v: object, path: str) -> bytes:
+    if type(v) is not bytes or len(v) != 32:
+        raise DecodeError(f"{path}: must be 32 bytes")
+    return v
+
+
+def _parse_header(raw: bytes) -> Header:
+    h = codec.decode(raw, max_size=MAX_PACKET_SIZE, max_items=MAX_RECIPIENTS + 16)
+    if type(h) is not dict or h.keys() != _HEADER_FIELDS:
+        extra = sorted(set(h) - _HEADER_FIELDS) if type(h) is dict else []
+        raise DecodeError(f"header: unknown field {extra[0]!r}" if extra else "header: missing or wrong fields")
+    if h["v"] != VERSION or type(h["v"]) is not int:
+        raise DecodeError(f"header.v: unsupported version {h['v']!r} (this is v{VERSION})")
+    suite = get_suite(h["suite"])
+    if type(h["id"]) is not bytes or len(h["id"]) != 16:
+        raise DecodeError("header.id: must be 16 bytes")
+    sender = h["sender"]
+    if type(sender) is not dict or sender.keys() != {"nation", "cert"}:
+        raise DecodeError("header.sender: must be a map of nation and cert")
+    to = h["to"]
+    if type(to) is not list or not 0 < len(to) <= MAX_RECIPIENTS:
+        raise DecodeError(f"header.to: must list 1-{MAX_RECIPIENTS} recipients")
+    recipients = []
+    prev = ""
+    for i, r in enumerate(to):
+        if type(r) is not dict or r.keys() != {"nation", "key", "wrap"}:
+            raise DecodeError(f"header.to[{i}]: must be a map of nation, key and wrap")
+        try:
+            nation = check_nation(r["nation"], f"header.to[{i}].nation")
+        except ValidationError as exc:
+            raise DecodeError(str(exc)) from None
+        if nation <= prev:
+            raise DecodeError(f"header.to[{i}]: recipients must be unique and sorted by nation")
+        prev = nation
+        recipients.append(Recipient(nation, _bytes32(r["key"], f"header.to[{i}].key"), _bytes32(r["wrap"], f"header.to[{i}].wrap")))
+    topic = h["topic"]
+    if type(topic) is not str or len(topic) > MAX_TOPIC_LEN or not TOPIC_RE.fullmatch(topic):
+        raise DecodeError("header.topic: must be dot-separated words of a-z 0-9 _ - (e.g. alerts.entity.smuggling)")
+    created, expires = h["created"], h["expires"]
+    if type(created) is not int or type(expires) is not int or not 0 < created < expires <= created + MAX_LIFETIME:
+        raise DecodeError(f"header.created/expires: need 0 < created < expires <= created + {MAX_LIFETIME} s")
+    try:
+        sender_nation = check_nation(sender["nation"], "header.sender.nation")
+    except ValidationError as exc:
+        raise DecodeError(str(exc)) from None
+    return Header(
+        raw, suite, h["id"], sender_nation, _bytes32(sender["cert"], "header.sender.cert"), tuple(recipients),
+        topic, created, expires, _bytes32(h["ct"], "header.ct"), _bytes32(h["commit"], "header.commit"),
+    )
+
+
+def parse_packet(raw: bytes, *, max_size: int = MAX_PACKET_SIZE) -> Packet:
+    """Strictly decode a packet's structure (no cryptography); :class:`DecodeError` if malformed."""
+    p = codec.decode(raw, max_size=max_size, max_items=MAX_RECIPIENTS + 8)
+    if type(p) is not dict or p.keys() != _PACKET_FIELDS:
+        extra = sorted(set(p) - _PACKET_FIELDS) if type(p) is dict else []
+        raise DecodeError(f"packet: unknown field {extra[0]!r}" if extra else "packet: missing or wrong fields")
+    if p["v"] != VERSION or type(p["v"]) is not int:
+        raise DecodeError(f"packet.v: unsupported version {p['v']!r} (this is v{VERSION})")
+    if type(p["header"]) is not bytes or type(p["ct"]) is not bytes or type(p["sig"]) is not dict:
+        raise DecodeError("packet: header and ct must be bytes, sig a map")
+    header = _parse_header(p["header"])
+    keys = p["keys"]
+    wrapped_len = header.suite.enc_len + CONTENT_KEY_LEN + WRAPPED_KEY_OVERHEAD
+    if type(keys) is not list or len(keys) != len(header.to):
+        raise DecodeError("packet.keys: must hold one wrapped key per recipient, in header order")
+    for i, k in enumerate(keys):
+        if type(k) is not bytes or len(k) != wrapped_len:
+            raise DecodeError(f"packet.keys[{i}]: must be {wrapped_len} bytes for {header.suite.id}")
+    if len(p["ct"]) < 16:
+        raise DecodeError("packet.ct: too short to be AES-GCM ciphertext")
+    return Packet(raw, header, p["sig"], p["ct"], tuple(keys))
+
+
+def seal(
+    content: dict[str, Any],
+    *,
+    signer: SigningKey,
+    signer_cert: Certificate,
+    recipients: list[Certificate],
+    topic: str,
+    now: int,
+    suite: Suite = DEFAULT_SUITE,
+    lifetime: int = DEFAULT_LIFETIME,
+    packet_id: bytes | None = None,
+) -> bytes:
+    """Encrypt and sign ``content`` (already validated) for the recipients' node certificates."""
+    if not TOPIC_RE.fullmatch(topic) or len(topic) > MAX_TOPIC_LEN:
+        raise ValidationError("topic", f"{topic!r} is not a topic (dot-separated words of a-z 0-9 _ -)")
+    if not recipients or len(recipients) > MAX_RECIPIENTS:
+        raise ValidationError("to", f"need 1-{MAX_RECIPIENTS} recipient nations")
+    by_nation = {c.nation: c for c in recipients}
+    if len(by_nation) != len(recipients) or any(c.kem is None for c in recipients):
+        raise ValidationError("to", "one node certificate per recipient nation is needed")
+    if not 0 < lifetime <= MAX_LIFETIME:
+        raise ValidationError("lifetime", f"must be 1-{MAX_LIFETIME} seconds")
+    pid = packet_id or new_packet_id(now * 1000)
+    sender = {"nation": signer_cert.nation, "cert": signer_cert.fp}
+    salt = os.urandom(32)
+    content_bytes = codec.encode(content)
+    plaintext = codec.encode({"content": content_bytes, "salt": salt, "sender": sender})
+    key = os.urandom(CONTENT_KEY_LEN)
+    nations = sorted(by_nation)
+    h: dict[str, Any] = {
+        "v": VERSION, "suite": suite.id, "id": pid, "sender": sender,
+        "to": [{"nation": n, "key": by_nation[n].fp} for n in nations],
+        "topic": topic, "created": now, "expires": now + lifetime,
+    }
+    ct = AESGCM(key).encrypt(_NONCE, plaintext, _aad(h))
+    hp = suite.hpke()
+    wrapped = [
+        hp.encrypt(key, by_nation[n].kem.for_suite(suite), info=_info(suite.id, pid, sender, n, by_nation[n].fp))  # type: ignore[union-attr]
+        for n in nations
+    ]
+    for entry, w in zip(h["to"], wrapped):
+        entry["wrap"] = hashlib.sha256(w).digest()
+    h["ct"] = hashlib.sha256(ct).digest()
+    h["commit"] = commitment(salt, content_bytes)
+    header = codec.encode(h)
+    sig = signer.sign(signing_input("packet", header), mldsa=suite.mldsa)
+    return codec.encode({"v": VERSION, "header": header, "sig": sig, "ct": ct, "keys": wrapped})
+
+
+def verify(raw: bytes | Packet, trust: Trust, now: int) -> Verified:
+    """Check a packet from public material only: structure, suite, signer, digests, signature.
+
+    The signer's certificate must be usable at the packet's ``created`` time, which
+    may not be more than :data:`MAX_FUTURE_SKEW` after ``now``. Nothing is decrypted.
+    """
+    packet = raw if isinstance(raw, Packet) else parse_packet(raw)
+    h = packet.header
+    if h.suite.id not in trust.roster.suites:
+        raise UntrustedSigner(f"suite {h.suite.id} is not allowed by the roster ({', '.join(trust.roster.suites)})")
+    if h.created > now + MAX_FUTURE_SKEW:
+        raise UntrustedSigner(f"packet created {h.created - now} s in the future (check the sender's clock)")
+    signer = trust.signer(h.sender_cert, h.sender, h.created)
+    ok = hmac.compare_digest(hashlib.sha256(packet.ct).digest(), h.ct_digest)
+    for r, w in zip(h.to, packet.keys):
+        ok &= hmac.compare_digest(hashlib.sha256(w).digest(), r.wrap)
+    if not ok:
+        raise InvalidPacket()
+    signer.signing.verify(signing_input("packet", h.raw), packet.sig, mldsa_required=h.suite.mldsa)
+    return Verified(packet, signer)
+
+
+def open_packet(raw: bytes | Packet, *, nation: str, kem: KemKey, trust: Trust, now: int) -> Opened:
+    """Verify, then decrypt as recipient ``nation``; checks the commitment and the inner sender."""
+    v = verify(raw, trust, now)
+    h, packet = v.header, v.packet
+    index = next((i for i, r in enumerate(h.to) if r.nation == nation), None)
+    if index is None:
+        raise InvalidPacket()
+    r = h.to[index]
+    sender = {"nation": h.sender, "cert": h.sender_cert}
+    try:
+        key = h.suite.hpke().decrypt(packet.keys[index], kem.for_suite(h.suite), info=_info(h.suite.id, h.id, sender, nation, r.key))
+        if len(key) != CONTENT_KEY_LEN:
+            raise InvalidPacket()
+        aad = _aad({
+            "v": VERSION, "suite": h.suite.id, "id": h.id, "sender": sender,
+            "to": [{"nation": x.nation} for x in h.to], "topic": h.topic, "created": h.created, "expires": h.expires,
+        })
+        plaintext = AESGCM(key).decrypt(_NONCE, packet.ct, aad)
+        inner = codec.decode(plaintext, max_size=MAX_PACKET_SIZE)
+        if type(inner) is not dict or inner.keys() != {"content", "salt", "sender"}:
+            raise InvalidPacket()
+        salt, content_bytes = inner["salt"], inner["content"]
+        if type(salt) is not bytes or len(salt) != 32 or type(content_bytes) is not bytes:
+            raise InvalidPacket()
+        # The sender inside the encryption must be the signer: no re-signing or forwarding.
+        if inner["sender"] != sender or not hmac.compare_digest(commitment(salt, content_bytes), h.commit):
+            raise InvalidPacket()
+        content = codec.decode(content_bytes, max_size=MAX_PACKET_SIZE)
+    except (InvalidTag, ValueError, DecodeError):
+        # One opaque error whatever failed: HPKE, AEAD, or the inner structure.
+        raise InvalidPacket() from None
+    if type(content) is not dict:
+        raise InvalidPacket()
+    return Opened(h, v.signer, content, salt, content_bytes)
+
+
+def check_disclosure(header: Header, salt: bytes, content_bytes: bytes) -> dict[str, Any]:
+    """For an auditor shown the plaintext: prove it is what the signed header commits to."""
+    if not hmac.compare_digest(commitment(salt, content_bytes), header.commit):
+        raise InvalidPacket()
+    content = codec.decode(content_bytes, max_size=MAX_PACKET_SIZE)
+    if type(content) is not dict:
+        raise InvalidPacket()
+    return content

@@ -1,0 +1,378 @@
+"""The envelope: round trips, and every tampering the packet-format issue lists is rejected."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from hub.protocol import codec, envelope
+from hub.protocol.envelope import open_packet, seal, verify
+from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, UntrustedSigner
+from hub.protocol.federation import Federation
+from hub.protocol.keys import SigningKey, signing_input
+from hub.protocol.suites import CLASSIC, HYBRID, SUITES, Suite
+from hub.protocol.trust import Trust
+
+from .conftest import NOW, sample_alert
+
+TOPIC = "alerts.entity.migrant_smuggling"
+
+
+def make(fed: Federation, suite: Suite = HYBRID, sender: str = "IT", to: tuple[str, ...] = ("FR", "DE", "GB"),
+         content: dict[str, Any] | None = None, now: int = NOW) -> bytes:
+    m = fed.members[sender]
+    return seal(content or sample_alert(), signer=m.officer, signer_cert=m.officer_cert,
+                recipients=[fed.members[c].node_cert for c in to], topic=TOPIC, now=now, suite=suite)
+
+
+def opens(fed: Federation, trust: Trust, raw: bytes, nation: str = "FR") -> dict[str, Any]:
+    return open_packet(raw, nation=nation, kem=fed.members[nation].node_kem, trust=trust, now=NOW).content
+
+
+def rebuild(raw: bytes, edit: Callable[[dict[str, Any], dict[str, Any]], None]) -> bytes:
+    """Decode a packet and its header, let ``edit`` change them, re-encode canonically."""
+    p = codec.decode(raw)
+    h = codec.decode(p["header"])
+    edit(p, h)
+    p["header"] = codec.encode(h)
+    return codec.encode(p)
+
+
+# -- round trips -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", [HYBRID, CLASSIC], ids=lambda s: s.id)
+def test_round_trip_every_recipient(fed: Federation, trust: Trust, suite: Suite) -> None:
+    raw = make(fed, suite)
+    v = verify(raw, trust, NOW)
+    assert v.header.sender == "IT" and v.header.nations == ("DE", "FR", "GB")
+    assert v.header.suite is suite and v.signer.fp == fed.members["IT"].officer_cert.fp
+    for nation in ("FR", "DE", "GB"):
+        assert opens(fed, trust, raw, nation) == sample_alert()
+    assert envelope.parse_packet(raw).raw == raw
+    assert codec.encode(codec.decode(raw)) == raw
+
+
+def test_commitment_lets_an_auditor_check_disclosed_plaintext(fed: Federation, trust: Trust) -> None:
+    raw = make(fed)
+    o = open_packet(raw, nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=NOW)
+    assert envelope.check_disclosure(o.header, o.salt, o.content_bytes) == sample_alert()
+    with pytest.raises(InvalidPacket):
+        envelope.check_disclosure(o.header, o.salt, codec.encode({**sample_alert(), "severity": "low"}))
+
+
+def test_packet_ids_are_unique_and_time_ordered(fed: Federation) -> None:
+    a = envelope.parse_packet(make(fed, now=NOW)).header.id
+    b = envelope.parse_packet(make(fed, now=NOW + 1)).header.id
+    assert a != b and a < b
+
+
+# -- who can read --------------------------------------------------------------
+
+
+def test_non_recipient_cannot_open(fed: Federation, trust: Trust) -> None:
+    raw = make(fed)
+    with pytest.raises(InvalidPacket):
+        opens(fed, trust, raw, "US")
+    with pytest.raises(InvalidPacket):  # FR's entry with US's key
+        open_packet(raw, nation="FR", kem=fed.members["US"].node_kem, trust=trust, now=NOW)
+
+
+# -- tampering with the signed header or what it covers -------------------------
+
+
+def _flip(b: bytes) -> bytes:
+    return bytes([b[0] ^ 1]) + b[1:]
+
+
+HEADER_EDITS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "topic": lambda h: h.update(topic="alerts.other"),
+    "created": lambda h: h.update(created=h["created"] - 1),
+    "expires": lambda h: h.update(expires=h["expires"] + 1),
+    "id": lambda h: h.update(id=_flip(h["id"])),
+    "ct digest": lambda h: h.update(ct=_flip(h["ct"])),
+    "commit": lambda h: h.update(commit=_flip(h["commit"])),
+    "recipient key": lambda h: h["to"][0].update(key=_flip(h["to"][0]["key"])),
+    "wrap digest": lambda h: h["to"][1].update(wrap=_flip(h["to"][1]["wrap"])),
+}
+
+
+@pytest.mark.parametrize("field", HEADER_EDITS)
+def test_changed_header_field_fails(fed: Federation, trust: Trust, field: str) -> None:
+    raw = rebuild(make(fed), lambda p, h: HEADER_EDITS[field](h))
+    with pytest.raises(InvalidPacket):
+        verify(raw, trust, NOW)
+
+
+def test_changed_ciphertext_fails(fed: Federation, trust: Trust) -> None:
+    raw = rebuild(make(fed), lambda p, h: p.update(ct=p["ct"][:-1] + bytes([p["ct"][-1] ^ 1])))
+    with pytest.raises(InvalidPacket):
+        verify(raw, trust, NOW)
+
+
+def test_swapped_wrapped_keys_fail(fed: Federation, trust: Trust) -> None:
+    raw = rebuild(make(fed), lambda p, h: p.update(keys=[p["keys"][1], p["keys"][0], p["keys"][2]]))
+    with pytest.raises(InvalidPacket):
+        verify(raw, trust, NOW)
+
+
+def test_removed_or_added_wrapped_key_fails(fed: Federation, trust: Trust) -> None:
+    removed = rebuild(make(fed), lambda p, h: p.update(keys=p["keys"][:2]))
+    added = rebuild(make(fed), lambda p, h: p.update(keys=p["keys"] + [p["keys"][0]]))
+    for raw in (removed, added):
+        with pytest.raises(DecodeError, match="one wrapped key per recipient"):
+            verify(raw, trust, NOW)
+
+
+def test_wrapped_key_copied_from_another_packet_fails(fed: Federation, trust: Trust) -> None:
+    other = codec.decode(make(fed))
+    # Even with the digest updated to match (which breaks the signature), the key is bound to its packet.
+    raw = rebuild(make(fed), lambda p, h: p["keys"].__setitem__(1, other["keys"][1]))
+    with pytest.raises(InvalidPacket):
+        verify(raw, trust, NOW)
+
+
+def test_recipient_cannot_readdress_to_another_nation(fed: Federation, trust: Trust) -> None:
+    """FR, a recipient, adds US to the header with a key it wrapped itself: the signature breaks."""
+    raw = make(fed)
+    fr = open_packet(raw, nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=NOW)
+    us = fed.members["US"].node_cert
+
+    def edit(p: dict[str, Any], h: dict[str, Any]) -> None:
+        wrapped = HYBRID.hpke().encrypt(b"k" * 32, us.kem.for_suite(HYBRID), info=b"x")  # type: ignore[union-attr]
+        h["to"].append({"nation": "US", "key": us.fp, "wrap": hashlib.sha256(wrapped).digest()})
+        p["keys"].append(wrapped)
+
+    with pytest.raises(InvalidPacket):
+        verify(rebuild(raw, edit), trust, NOW)
+    assert fr.content == sample_alert()
+
+
+def test_forwarding_as_own_packet_is_detected(fed: Federation, trust: Trust) -> None:
+    """FR re-seals IT's decrypted plaintext (sender IT inside) under its own signature to US."""
+    raw = make(fed)
+    o = open_packet(raw, nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=NOW)
+    fr = fed.members["FR"]
+    # Build FR's own packet but with IT's inner plaintext, as a forwarder would.
+    forged = make(fed, sender="FR", to=("US",))
+    p = codec.decode(forged)
+    h = codec.decode(p["header"])
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key = b"\x01" * 32
+    inner = codec.encode({"content": o.content_bytes, "salt": o.salt,
+                          "sender": {"nation": "IT", "cert": fed.members["IT"].officer_cert.fp}})
+    us = fed.members["US"].node_cert
+    p["ct"] = AESGCM(key).encrypt(bytes(12), inner, envelope._aad(h))
+    p["keys"] = [HYBRID.hpke().encrypt(key, us.kem.for_suite(HYBRID),  # type: ignore[union-attr]
+                                       info=envelope._info(HYBRID.id, h["id"], h["sender"], "US", us.fp))]
+    h["ct"] = hashlib.sha256(p["ct"]).digest()
+    h["to"][0]["wrap"] = hashlib.sha256(p["keys"][0]).digest()
+    h["commit"] = envelope.commitment(o.salt, o.content_bytes)
+    p["header"] = codec.encode(h)
+    p["sig"] = fr.officer.sign(signing_input("packet", p["header"]))
+    forwarded = codec.encode(p)
+    verify(forwarded, trust, NOW)  # FR may sign its own packet...
+    with pytest.raises(InvalidPacket):  # ...but the inner sender betrays the forwarding
+        opens(fed, trust, forwarded, "US")
+
+
+def test_nation_cannot_resign_another_nations_packet(fed: Federation, trust: Trust) -> None:
+    """FR keeps IT as sender but signs with its own key; or claims IT's header with FR's certificate."""
+    raw = make(fed)
+    fr = fed.members["FR"]
+    p = codec.decode(raw)
+    p["sig"] = fr.officer.sign(signing_input("packet", p["header"]))
+    with pytest.raises(InvalidPacket):
+        verify(codec.encode(p), trust, NOW)
+
+    def claim(p: dict[str, Any], h: dict[str, Any]) -> None:
+        h["sender"]["cert"] = fr.officer_cert.fp
+
+    p2 = codec.decode(rebuild(raw, claim))
+    p2["sig"] = fr.officer.sign(signing_input("packet", p2["header"]))
+    with pytest.raises(UntrustedSigner, match="cannot sign for IT"):
+        verify(codec.encode(p2), trust, NOW)
+
+
+# -- suites and signature halves ------------------------------------------------
+
+
+def test_suite_downgrade_fails(fed: Federation, trust: Trust) -> None:
+    def downgrade(p: dict[str, Any], h: dict[str, Any]) -> None:
+        h["suite"] = CLASSIC.id
+        del p["sig"]["mldsa65"]
+
+    raw = rebuild(make(fed), downgrade)
+    with pytest.raises(IntelhubError):  # wrapped keys have hybrid lengths: structural or signature failure
+        verify(raw, trust, NOW)
+
+
+@pytest.mark.parametrize("half", ["ed25519", "mldsa65"])
+def test_stripped_signature_half_fails(fed: Federation, trust: Trust, half: str) -> None:
+    raw = rebuild(make(fed), lambda p, h: p["sig"].pop(half))
+    with pytest.raises(InvalidPacket):
+        verify(raw, trust, NOW)
+
+
+def test_extra_signature_half_on_classic_fails(fed: Federation, trust: Trust) -> None:
+    raw = rebuild(make(fed, CLASSIC), lambda p, h: p["sig"].update(mldsa65=b"\x00" * 3309))
+    with pytest.raises(InvalidPacket):
+        verify(raw, trust, NOW)
+
+
+def test_suite_not_in_roster_is_refused(fed: Federation) -> None:
+    from hub.protocol.federation import G7, create_federation
+
+    strict = create_federation(G7, now=NOW, seed=b"strict")
+    assert strict.roster.suites == (HYBRID.id,)
+    m = strict.members["IT"]
+    raw = seal(sample_alert(), signer=m.officer, signer_cert=m.officer_cert,
+               recipients=[strict.members["FR"].node_cert], topic=TOPIC, now=NOW, suite=CLASSIC)
+    with pytest.raises(UntrustedSigner, match="not allowed by the roster"):
+        verify(raw, strict.trust(), NOW)
+
+
+# -- certificates ---------------------------------------------------------------
+
+
+def test_expired_certificate_fails(fed: Federation, trust: Trust) -> None:
+    cert = fed.members["IT"].officer_cert
+    raw = make(fed, now=cert.not_after + 10)
+    with pytest.raises(UntrustedSigner, match="expired"):
+        verify(raw, trust, cert.not_after + 10)
+
+
+def test_revoked_certificate_fails_from_revocation_time(fed: Federation) -> None:
+    m = fed.members["IT"]
+    key = SigningKey.from_seed(b"it-officer-2")
+    cert = fed.issue("IT", subject="it-officer-2", role="officer", signing=key, kem=None,
+                     not_before=NOW - 100, not_after=NOW + 86400)
+    before = seal(sample_alert(), signer=key, signer_cert=cert, recipients=[fed.members["FR"].node_cert],
+                  topic=TOPIC, now=NOW)
+    after = seal(sample_alert(), signer=key, signer_cert=cert, recipients=[fed.members["FR"].node_cert],
+                 topic=TOPIC, now=NOW + 20)
+    fed.revoke("IT", cert, at=NOW + 10)
+    try:
+        trust = fed.trust()
+        verify(before, trust, NOW + 30)  # signed before the revocation: still evidence
+        with pytest.raises(UntrustedSigner, match="revoked"):
+            verify(after, trust, NOW + 30)
+    finally:
+        fed.extra_certs.remove(cert)
+        m.revocations = fed.members["IT"].revocations
+
+
+def test_wrong_nation_certificate_fails(fed: Federation, trust: Trust) -> None:
+    raw = rebuild(make(fed), lambda p, h: h["sender"].update(nation="FR"))
+    with pytest.raises(UntrustedSigner, match="cannot sign for FR"):
+        verify(raw, trust, NOW)
+
+
+def test_unknown_certificate_fails(fed: Federation, trust: Trust) -> None:
+    raw = rebuild(make(fed), lambda p, h: h["sender"].update(cert=b"\x00" * 32))
+    with pytest.raises(UntrustedSigner, match="unknown certificate"):
+        verify(raw, trust, NOW)
+
+
+def test_future_packet_fails(fed: Federation, trust: Trust) -> None:
+    with pytest.raises(UntrustedSigner, match="future"):
+        verify(make(fed, now=NOW + 3600), trust, NOW)
+
+
+# -- strict structure --------------------------------------------------------------
+
+
+def test_every_prefix_is_rejected(fed: Federation, trust: Trust) -> None:
+    raw = make(fed, CLASSIC, to=("FR",))
+    for n in range(len(raw)):
+        with pytest.raises(DecodeError):
+            envelope.parse_packet(raw[:n])
+
+
+def test_trailing_bytes_rejected(fed: Federation, trust: Trust) -> None:
+    raw = make(fed)
+    for extra in (b"\x00", raw):
+        with pytest.raises(DecodeError, match="trailing"):
+            verify(raw + extra, trust, NOW)
+
+
+def test_oversize_rejected(fed: Federation, trust: Trust) -> None:
+    raw = make(fed)
+    with pytest.raises(DecodeError, match="over the limit"):
+        envelope.parse_packet(raw, max_size=len(raw) - 1)
+
+
+def test_unknown_field_rejected(fed: Federation, trust: Trust) -> None:
+    with pytest.raises(DecodeError, match="unknown field 'x'"):
+        verify(rebuild(make(fed), lambda p, h: p.update(x=1)), trust, NOW)
+    with pytest.raises(DecodeError, match="unknown field 'note'"):
+        verify(rebuild(make(fed), lambda p, h: h.update(note="hi")), trust, NOW)
+
+
+def test_duplicate_key_rejected(fed: Federation, trust: Trust) -> None:
+    raw = make(fed)
+    # Duplicate the "v" entry of the outer map by hand (fixmap count + 1).
+    assert raw[0] == 0x85
+    dup = bytes([0x86]) + raw[1:] + codec.encode("v")[0:] + codec.encode(1)
+    with pytest.raises(DecodeError):
+        verify(dup, trust, NOW)
+    # A duplicate in canonical position: the same key twice in a row.
+    with pytest.raises(DecodeError, match="duplicate"):
+        codec.decode(b"\x82\xa1v\x01\xa1v\x01")
+
+
+def test_deep_nesting_rejected(fed: Federation, trust: Trust) -> None:
+    p = codec.decode(make(fed))
+    first = codec.encode({"ct": p["ct"], "header": p["header"], "keys": p["keys"]})
+    assert first[0] == 0x83
+    # The same packet with "sig" replaced by 50 nested arrays, keys still in canonical order.
+    bomb = b"\x85" + first[1:] + codec.encode("sig") + b"\x91" * 50 + b"\xc0" + codec.encode("v") + b"\x01"
+    with pytest.raises(DecodeError, match="nesting"):
+        verify(bomb, trust, NOW)
+
+
+def test_too_many_recipients_rejected(fed: Federation, trust: Trust) -> None:
+    def many(p: dict[str, Any], h: dict[str, Any]) -> None:
+        h["to"] = [{"nation": f"A{chr(65 + i // 26)}{chr(65 + i % 26)}"[-2:], "key": b"\0" * 32, "wrap": b"\0" * 32}
+                   for i in range(envelope.MAX_RECIPIENTS + 1)]
+
+    with pytest.raises(DecodeError):
+        verify(rebuild(make(fed), many), trust, NOW)
+
+
+# -- property tests -----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_mutations_only_raise_project_errors(fed: Federation, trust: Trust, data: st.DataObject) -> None:
+    original = make(fed, CLASSIC, to=("FR", "DE"))
+    raw = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["flip", "delete", "insert", "truncate"]))
+        i = data.draw(st.integers(0, len(raw) - 1))
+        if kind == "flip":
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "delete":
+            del raw[i]
+        elif kind == "insert":
+            raw.insert(i, data.draw(st.integers(0, 255)))
+        else:
+            del raw[i:]
+        if not raw:
+            raw.append(0)
+    assume(bytes(raw) != original)  # two flips of one bit cancel out
+    try:
+        opens(fed, trust, bytes(raw), "FR")
+    except IntelhubError:
+        return
+    pytest.fail("a mutated packet opened")
+
+
+def test_suites_are_registered() -> None:
+    assert set(SUITES) == {HYBRID.id, CLASSIC.id}
