@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import codec
 from .certs import Certificate, check_nation
+from .content import validate_content
 from .errors import DecodeError, InvalidPacket, UntrustedSigner, ValidationError
 from .keys import KemKey, SigningKey, signing_input
 from .suites import CONTENT_KEY_LEN, DEFAULT_SUITE, WRAPPED_KEY_OVERHEAD, Suite, get_suite
@@ -246,7 +247,8 @@ def seal(
     lifetime: int = DEFAULT_LIFETIME,
     packet_id: bytes | None = None,
 ) -> bytes:
-    """Encrypt and sign ``content`` (already validated) for the recipients' node certificates."""
+    """Validate, encrypt and sign ``content`` for the recipients' node certificates."""
+    content = validate_content(content)
     if not TOPIC_RE.fullmatch(topic) or len(topic) > MAX_TOPIC_LEN:
         raise ValidationError("topic", f"{topic!r} is not a topic (dot-separated words of a-z 0-9 _ -)")
     if not recipients or len(recipients) > MAX_RECIPIENTS:
@@ -336,9 +338,8 @@ def open_packet(raw: bytes | Packet, *, nation: str, kem: KemKey, trust: Trust, 
     except (InvalidTag, ValueError, DecodeError):
         # One opaque error whatever failed: HPKE, AEAD, or the inner structure.
         raise InvalidPacket() from None
-    if type(content) is not dict:
-        raise InvalidPacket()
-    return Opened(h, v.signer, content, salt, content_bytes)
+    # Authentic but not valid content (a buggy or hostile sender) is a ValidationError, not a crypto failure.
+    return Opened(h, v.signer, validate_content(content), salt, content_bytes)
 
 
 def check_disclosure(header: Header, salt: bytes, content_bytes: bytes) -> dict[str, Any]:

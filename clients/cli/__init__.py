@@ -1,0 +1,1 @@
+"""The ``intelhub`` command: one click group, a module per user (docs in README.md)."""

@@ -1,0 +1,39 @@
+"""``intelhub hub``: run the hub service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.group("hub")
+def hub() -> None:
+    """Run the hub: the authenticated, durable relay (hub operator)."""
+
+
+@hub.command("serve")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the actual listening port here once serving (useful with port 0).")
+@click.option("--check", is_flag=True, help="Validate the configuration and keys, then exit.")
+def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
+    """Serve protocol v1 (WebSocket /v1/ws, HTTP /v1/publish, /healthz, /metrics) until SIGTERM."""
+    import asyncio
+
+    from hub.keyfiles import load_private_keys, load_trust_dir
+    from hub.server.app import serve as run
+    from hub.server.app import setup_logging
+    from hub.server.config import load_config
+
+    config = load_config(config_path)
+    if check:
+        trust = load_trust_dir(config.trust)
+        keys = load_private_keys(config.key)
+        ok = keys.signing is not None and keys.signing.public().key_id == trust.roster.hub_key.key_id
+        click.echo(f"{config_path}: {'OK' if ok else 'hub key does not match the roster'}; "
+                   f"{len(trust.roster.nations)} nations, {len(trust.certs)} certificates")
+        raise SystemExit(0 if ok else 2)
+    setup_logging(config.log_level)
+    asyncio.run(run(config, port_file=port_file))

@@ -1,0 +1,225 @@
+"""The hub as an aiohttp application: lifecycle, routes, and ``serve`` (``intelhub hub serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import sys
+import time
+import weakref
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from hub.keyfiles import load_private_keys, load_trust_dir
+from hub.protocol import codec, frames
+from hub.protocol.errors import DecodeError, IntelhubError, KeyFileError, ProtocolError
+
+from .config import HubConfig
+from .metrics import Metrics
+from .relay import Relay
+from .session import Session
+from .sqlite_store import SQLiteStorage
+
+log = logging.getLogger("intelhub.hub")
+
+RELAY = web.AppKey("relay", Relay)
+CONFIG = web.AppKey("config", HubConfig)
+SESSIONS = web.AppKey("sessions", weakref.WeakSet)  # type: ignore[var-annotated]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
+
+
+_HTTP_STATUS = {"rate_limited": 429, "too_large": 413, "unavailable": 503, "conflict": 409,
+                "untrusted_signer": 403, "invalid_packet": 403, "wrong_nation": 403, "forbidden_topic": 403}
+
+
+def _error(exc: ProtocolError) -> web.Response:
+    return _json({"code": exc.code, "reason": str(exc)}, _HTTP_STATUS.get(exc.code, 400))
+
+
+async def ws_handler(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=30.0, compress=False)
+    await ws.prepare(request)
+    session = Session(request.app[RELAY], ws, request.remote or "?")
+    request.app[SESSIONS].add(session)
+    try:
+        await session.run()
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # a bug must cost one session, never the hub
+        log.exception("session %s failed", session.id)
+        await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
+    finally:
+        if not ws.closed:
+            await ws.close()
+    del config
+    return ws
+
+
+async def publish_handler(request: web.Request) -> web.Response:
+    """One-shot publish for the officer's CLI, authenticated by the packet's own signature."""
+    relay = request.app[RELAY]
+    body = await request.read()
+    try:
+        f = codec.decode(body, max_size=frames.MAX_FRAME)
+        if type(f) is not dict or not {"packet"} <= f.keys() <= {"packet", "cert"} \
+                or type(f["packet"]) is not bytes or type(f.get("cert", b"")) is not bytes:
+            raise DecodeError("body must be a map of packet (bytes) and optionally cert (bytes)")
+        a = await relay.publish(f["packet"], nation=None, cert=f.get("cert"), rate_key=f"http:{request.remote}")
+    except DecodeError as exc:
+        return _json({"code": "malformed", "reason": str(exc)}, 400)
+    except ProtocolError as exc:
+        return _error(exc)
+    return _json({"index": a.index, "id": str(__import__("uuid").UUID(bytes=a.packet_id)),
+                  "duplicate": a.duplicate, "accepted_at": a.accepted_at, "promise": a.promise})
+
+
+async def directory_handler(request: web.Request) -> web.Response:
+    """The key directory: roster, every known certificate, every nation's latest revocation list."""
+    trust = request.app[RELAY].trust
+    body = codec.encode({
+        "roster": trust.roster.raw,
+        "certs": [c.raw for c in trust.certs.values()],
+        "revocations": [r.raw for r in trust.revocations.values()],
+    })
+    return web.Response(body=body, content_type="application/msgpack")
+
+
+async def revocations_handler(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    try:
+        rl = await relay.learn_revocations(await request.read())
+    except ProtocolError as exc:
+        return _error(exc)
+    return _json({"nation": rl.nation, "serial": rl.serial})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    relay = request.app[RELAY]
+    return _json({"status": "ok", "log_size": relay.storage.size(), "sessions": len(request.app[SESSIONS])})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[RELAY].metrics.render(), content_type="text/plain")
+
+
+def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay) -> web.Application:
+    app = web.Application(client_max_size=frames.MAX_FRAME)
+    app[CONFIG] = config
+    app[SESSIONS] = weakref.WeakSet()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        trust = load_trust_dir(config.trust)
+        keys = load_private_keys(config.key)
+        if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
+            raise KeyFileError(f"{config.key}: not the hub key named in the roster")
+        metrics = Metrics()
+        storage = SQLiteStorage(config.database)
+        storage.on_commit = metrics.on_commit
+        relay = relay_factory(config, trust, storage, metrics)
+        relay.load_directory()
+        from .log import HubLog
+
+        relay.hub_log = HubLog(relay, keys.signing)
+        app[RELAY] = relay
+        tasks = [asyncio.create_task(relay.hub_log.run()), asyncio.create_task(_purge_loop(relay))]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await relay.close()
+            await storage.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        for s in list(app[SESSIONS]):
+            try:
+                await s.close(WSCloseCode.GOING_AWAY, b"hub shutting down")
+            except Exception:
+                pass
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/v1/ws", ws_handler)
+    app.router.add_post("/v1/publish", publish_handler)
+    app.router.add_get("/v1/directory", directory_handler)
+    app.router.add_post("/v1/revocations", revocations_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
+    from .log import add_log_routes
+
+    add_log_routes(app, RELAY)
+    return app
+
+
+async def _purge_loop(relay: Relay) -> None:
+    while True:
+        await asyncio.sleep(60)
+        try:
+            n = await relay.storage.purge(relay.now(), relay.config.retention_seconds)
+            if n:
+                log.info("purged %d packet bodies past retention", n)
+        except IntelhubError as exc:
+            log.warning("purge failed: %s", exc)
+
+
+class JsonFormatter(logging.Formatter):
+    """Structured logs: one JSON object per line (never any content: the hub has none)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("intelhub")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+async def serve(config: HubConfig, *, port_file: Path | None = None, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain: close every session with 1001 and stop."""
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    ctx = None
+    if config.tls_cert and config.tls_key:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ctx, reuse_address=True)
+    await site.start()
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    port = sockets[0].getsockname()[1] if sockets else config.listen_port
+    scheme = "https" if ctx else "http"
+    log.info("hub listening on %s://%s:%d", scheme, config.listen_host, port)
+    if port_file:
+        tmp = port_file.with_name(port_file.name + ".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(port_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready:
+        ready.set()
+    started = time.monotonic()
+    await stop.wait()
+    log.info("hub draining after %.0f s", time.monotonic() - started)
+    await runner.cleanup()

@@ -1,0 +1,37 @@
+"""Prometheus metrics of one hub (a registry per hub, so several can run in one test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.connections = Gauge("intelhub_connections", "Authenticated node sessions", ["nation"], registry=r)
+        self.accepted = Counter("intelhub_packets_accepted", "Packets accepted (new or idempotent retries)", registry=r)
+        self.rejected = Counter("intelhub_packets_rejected", "Packets rejected, by reason code", ["reason"], registry=r)
+        self.delivered = Counter("intelhub_deliveries", "Packets sent to subscriptions (incl. redeliveries)", registry=r)
+        self.redelivered = Counter("intelhub_redeliveries", "Packets resent after the ack timeout", registry=r)
+        self.acked = Counter("intelhub_acks", "Acknowledgements received", registry=r)
+        self.queue_depth = Gauge("intelhub_queue_depth", "Unacknowledged deliveries in flight", ["nation", "sub"], registry=r)
+        self.delivery_lag = Histogram("intelhub_delivery_lag_seconds", "Acceptance to acknowledgement",
+                                      buckets=_LATENCY_BUCKETS + (5, 10, 60, 600), registry=r)
+        self.accept_latency = Histogram("intelhub_accept_latency_seconds", "Receipt of a packet to ACCEPTED",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.commit_latency = Histogram("intelhub_commit_seconds", "Duration of one group commit",
+                                        buckets=_LATENCY_BUCKETS, registry=r)
+        self.commit_batch = Histogram("intelhub_commit_batch_size", "Operations per group commit",
+                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.log_size = Gauge("intelhub_log_size", "Leaves in the transparency log", registry=r)
+        self.auth_failures = Counter("intelhub_auth_failures", "Failed session authentications", registry=r)
+
+    def on_commit(self, seconds: float, batch: int) -> None:
+        # Called from the writer thread; prometheus_client metrics are thread-safe.
+        self.commit_latency.observe(seconds)
+        self.commit_batch.observe(batch)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,241 @@
+"""The hub's logic, free of any transport: accept packets, route them, track acknowledgements.
+
+The WebSocket adapter (:mod:`hub.server.session`) and the HTTP endpoints
+(:mod:`hub.server.http`) call into one :class:`Relay`. Checks run cheapest first
+(size, rate, structure) so a flood costs the hub little; signature checks run on
+a thread pool (pyca/cryptography releases the GIL, so they use every core).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hub.protocol import envelope
+from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError, UntrustedSigner
+from hub.protocol.topics import any_match
+from hub.protocol.trust import Trust
+
+from .config import HubConfig
+from .metrics import Metrics
+from .storage import Appended, NewPacket, Storage
+
+if TYPE_CHECKING:
+    from .log import HubLog
+
+log = logging.getLogger("intelhub.hub")
+
+
+def reject(code: str, reason: str) -> ProtocolError:
+    return ProtocolError(reason, code)
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+@dataclass(frozen=True)
+class Accepted:
+    index: int
+    packet_id: bytes
+    duplicate: bool
+    accepted_at: int
+    promise: str | None
+
+
+class Relay:
+    def __init__(self, config: HubConfig, trust: Trust, storage: Storage, metrics: Metrics,
+                 hub_log: HubLog | None = None) -> None:
+        self.config = config
+        self.trust = trust
+        self.storage = storage
+        self.metrics = metrics
+        self.hub_log = hub_log
+        self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="hub-verify")
+        self._buckets: dict[str, TokenBucket] = {}
+        #: nation -> callbacks woken when a packet for that nation is committed
+        self._listeners: dict[str, set[asyncio.Event]] = defaultdict(set)
+        #: (nation, subscription name) -> the session feeding it; one feeder at a time
+        self._feed_owners: dict[tuple[str, str], Any] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+
+    # -- clock ----------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(time.time())
+
+    # -- certificates and revocations (the key directory) ------------------------
+
+    async def learn_certificate(self, raw: bytes) -> Any:
+        """Check a certificate against the roster; remember it in the directory if new."""
+        try:
+            known = len(self.trust.certs)
+            cert = self.trust.add_certificate(raw)
+        except DecodeError as exc:
+            raise reject("malformed", f"certificate: {exc}") from None
+        except UntrustedSigner as exc:
+            raise reject("untrusted_signer", str(exc)) from None
+        if len(self.trust.certs) != known:
+            await self.storage.put_blob("cert", cert.fp, cert.raw)
+        return cert
+
+    async def learn_revocations(self, raw: bytes) -> Any:
+        try:
+            rl = self.trust.add_revocations(raw)
+        except DecodeError as exc:
+            raise reject("malformed", f"revocations: {exc}") from None
+        except UntrustedSigner as exc:
+            raise reject("untrusted_signer", str(exc)) from None
+        await self.storage.put_blob("revocations", rl.nation.encode(), rl.raw)
+        return rl
+
+    def load_directory(self) -> None:
+        """Certificates and revocation lists learnt in earlier runs."""
+        for _, raw in self.storage.blobs("cert"):
+            try:
+                self.trust.add_certificate(raw)
+            except IntelhubError as exc:
+                log.warning("stored certificate no longer verifies: %s", exc)
+        for _, raw in self.storage.blobs("revocations"):
+            try:
+                self.trust.add_revocations(raw)
+            except IntelhubError as exc:
+                log.warning("stored revocation list no longer verifies: %s", exc)
+
+    # -- publishing ------------------------------------------------------------------
+
+    def _check_rate(self, nation: str | None, key: str) -> None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.config.limits.publish_rate, self.config.limits.publish_burst)
+        if not bucket.take():
+            raise reject("rate_limited", f"more than {self.config.limits.publish_rate:g} packets/s from {nation or key}; slow down and retry")
+
+    def _verify(self, raw: bytes, now: int) -> envelope.Verified:
+        return envelope.verify(raw, self.trust, now)
+
+    async def publish(self, raw: bytes, *, nation: str | None, cert: bytes | None = None,
+                      rate_key: str | None = None) -> Accepted:
+        """Run every acceptance check, then append durably. ``nation`` is the session's, if any."""
+        t0 = time.perf_counter()
+        try:
+            accepted = await self._publish(raw, nation, cert, rate_key)
+        except ProtocolError as exc:
+            self.metrics.rejected.labels(exc.code).inc()
+            raise
+        self.metrics.accepted.inc()
+        self.metrics.accept_latency.observe(time.perf_counter() - t0)
+        return accepted
+
+    async def _publish(self, raw: bytes, nation: str | None, cert: bytes | None, rate_key: str | None) -> Accepted:
+        limits = self.config.limits
+        if len(raw) > limits.max_packet_bytes:
+            raise reject("too_large", f"packet is {len(raw)} bytes; the limit is {limits.max_packet_bytes}")
+        self._check_rate(nation, rate_key or nation or "http")
+        if cert is not None:
+            await self.learn_certificate(cert)
+        now = self.now()
+        try:
+            v = await asyncio.get_running_loop().run_in_executor(self.pool, self._verify, raw, now)
+        except DecodeError as exc:
+            raise reject("malformed", str(exc)) from None
+        except InvalidPacket as exc:
+            raise reject("invalid_packet", str(exc)) from None
+        except UntrustedSigner as exc:
+            raise reject("untrusted_signer", str(exc)) from None
+        h = v.header
+        if nation is not None and h.sender != nation:
+            raise reject("wrong_nation", f"this session is authenticated as {nation}; it cannot publish packets of {h.sender}")
+        if not any_match(self.config.publish_patterns(h.sender), h.topic):
+            raise reject("forbidden_topic", f"{h.sender} may not publish to {h.topic} "
+                         f"(allowed: {', '.join(self.config.publish_patterns(h.sender))})")
+        skew = limits.max_clock_skew
+        if abs(h.created - now) > skew:
+            raise reject("clock_skew", f"packet created {h.created - now:+d} s from the hub's clock (window ±{skew} s); check the clock")
+        if h.expires <= now:
+            raise reject("expired", "packet has already expired")
+        if len(h.to) > limits.max_recipients:
+            raise reject("too_many_recipients", f"{len(h.to)} recipients; the limit is {limits.max_recipients}")
+        unknown = [n for n in h.nations if n not in self.trust.roster.nations]
+        if unknown:
+            raise reject("unknown_recipient", f"{', '.join(unknown)} not in the roster")
+        item = NewPacket(h.id, h.sender, h.sender_cert, h.topic, h.nations, h.created, h.expires, h.raw, raw,
+                         hashlib.sha256(raw).digest())
+        try:
+            [result] = await self.storage.append([item], now)
+        except StoreError as exc:
+            log.error("store refused a write: %s", exc)
+            raise reject("unavailable", "the hub cannot store packets right now; nothing was accepted, retry later") from None
+        if not isinstance(result, Appended):
+            raise reject("conflict", f"a different packet was already accepted under id {h.packet_id}")
+        if not result.duplicate:
+            self.wake(h.nations)
+        promise = self.hub_log.promise(item, result) if self.hub_log else None
+        return Accepted(result.index, h.id, result.duplicate, result.accepted_at, promise)
+
+    # -- delivery wake-ups ----------------------------------------------------------
+
+    def listen(self, nation: str, event: asyncio.Event) -> None:
+        self._listeners[nation].add(event)
+
+    def unlisten(self, nation: str, event: asyncio.Event) -> None:
+        self._listeners[nation].discard(event)
+
+    def wake(self, nations: tuple[str, ...] | list[str]) -> None:
+        for n in nations:
+            for ev in self._listeners.get(n, ()):
+                ev.set()
+
+    def spawn(self, coro: Any) -> None:
+        """Run a background write; errors are logged (a lost ack only means a redelivery)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Future[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background write failed: %s", task.exception())
+
+    def claim_feed(self, session: Any, name: str) -> None:
+        """A subscription is fed to one session at a time: a reconnecting node takes it over."""
+        key = (session.nation, name)
+        old = self._feed_owners.get(key)
+        if old is not None and old is not session:
+            old.drop_feed(name)
+        self._feed_owners[key] = session
+
+    def release_feeds(self, session: Any) -> None:
+        for key, owner in list(self._feed_owners.items()):
+            if owner is session:
+                del self._feed_owners[key]
+
+    def may_subscribe(self, nation: str, topic: str) -> bool:
+        return any_match(self.config.subscribe_patterns(nation), topic)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,312 @@
+"""WebSocket sessions (docs/protocol.md §8): authentication, then publish / subscribe / deliver / ack.
+
+One reader loop per connection, one feed task per subscription. A feed keeps at
+most ``window`` unacknowledged deliveries in flight, so a slow reader only ever
+stalls its own feed; it reads from the durable store, so it resumes from the
+cursor after any stall, disconnect or hub restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from hub.protocol import codec, frames
+from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError
+from hub.protocol.topics import any_match, check_pattern
+
+from .relay import Relay, reject
+from .storage import StoredPacket
+
+log = logging.getLogger("intelhub.hub.session")
+
+#: Close codes (RFC 6455 §7.4 and the private range 4000-4999).
+CLOSE_AUTH_FAILED = 4001
+CLOSE_PROTOCOL = 4002
+CLOSE_TIMEOUT = 4003
+CLOSE_REPLACED = 4004
+MAX_WINDOW = 4096
+
+
+class Feed:
+    """Delivers one durable subscription to one session."""
+
+    def __init__(self, session: Session, name: str, patterns: tuple[str, ...], cursor: int, acked: frozenset[int]) -> None:
+        self.session = session
+        self.relay = session.relay
+        self.nation = session.nation
+        self.name = name
+        self.patterns = patterns
+        self.cursor = cursor
+        self.scan_pos = cursor
+        self.acked_above = set(acked)
+        self.inflight: dict[int, tuple[float, float]] = {}  # index -> (sent monotonic, accepted_at)
+        self.event = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    def wanted(self, p: StoredPacket, now: int) -> bool:
+        return (
+            p.index not in self.acked_above
+            and p.raw is not None
+            and p.expires > now
+            and any_match(self.patterns, p.topic)
+            and self.relay.may_subscribe(self.nation, p.topic)
+        )
+
+    def _advance(self) -> int:
+        return min(self.inflight) - 1 if self.inflight else self.scan_pos
+
+    async def run(self) -> None:
+        self.relay.listen(self.nation, self.event)
+        window = self.session.window
+        ack_timeout = self.relay.config.limits.ack_timeout
+        gauge = self.relay.metrics.queue_depth.labels(self.nation, self.name)
+        try:
+            while True:
+                self.event.clear()
+                now = self.relay.now()
+                while len(self.inflight) < window:
+                    rows = self.relay.storage.scan(self.nation, self.scan_pos, window - len(self.inflight))
+                    if not rows:
+                        break
+                    for p in rows:
+                        self.scan_pos = p.index
+                        if self.wanted(p, now):
+                            self.inflight[p.index] = (time.monotonic(), p.accepted_at)
+                            await self.session.deliver(self.name, p)
+                        else:
+                            self.acked_above.discard(p.index)
+                # Resend what waited too long for its ack (the node may have lost it).
+                cutoff = time.monotonic() - ack_timeout
+                for index, (sent, accepted_at) in list(self.inflight.items()):
+                    if sent < cutoff:
+                        rows = self.relay.storage.read_range(index, index + 1)
+                        if rows and rows[0].raw is not None:
+                            self.inflight[index] = (time.monotonic(), accepted_at)
+                            self.relay.metrics.redelivered.inc()
+                            await self.session.deliver(self.name, rows[0])
+                gauge.set(len(self.inflight))
+                try:
+                    await asyncio.wait_for(self.event.wait(), timeout=max(0.05, ack_timeout / 4))
+                except TimeoutError:
+                    pass
+        finally:
+            self.relay.unlisten(self.nation, self.event)
+            gauge.set(0)
+
+    def ack(self, index: int) -> None:
+        """Record an acknowledgement: in memory now, on disk with the next group commit.
+
+        The reader loop never waits for the commit, so a burst of acks costs one
+        fsync, and acks already received are not lost if the peer then disconnects.
+        """
+        entry = self.inflight.pop(index, None)
+        if entry is None:
+            return  # a duplicate ack, or one for a redelivery already acknowledged
+        self.relay.metrics.acked.inc()
+        self.relay.metrics.delivery_lag.observe(max(0.0, time.time() - entry[1]))
+        new_cursor = self._advance()
+        self.cursor = max(self.cursor, new_cursor)
+        self.relay.spawn(self.relay.storage.ack(self.nation, self.name, index, new_cursor))
+        self.event.set()
+
+
+class Session:
+    def __init__(self, relay: Relay, ws: web.WebSocketResponse, peer: str) -> None:
+        self.relay = relay
+        self.ws = ws
+        self.peer = peer
+        self.nation = ""
+        self.id = uuid.uuid4().hex[:12]
+        self.window = 0
+        self.feeds: dict[str, Feed] = {}
+        self.sent_certs: set[bytes] = set()
+        self.pending = asyncio.Semaphore(relay.config.limits.max_pending_publishes)
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self._send_lock = asyncio.Lock()
+
+    # -- sending ----------------------------------------------------------------
+
+    async def send(self, t: str, **fields: Any) -> None:
+        data = frames.encode_frame(t, **fields)
+        async with self._send_lock:
+            await self.ws.send_bytes(data)
+
+    async def send_error(self, code: str, reason: str, rid: int | None = None) -> None:
+        try:
+            await self.send("error", code=code, reason=reason, rid=rid)
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def deliver(self, sub: str, p: StoredPacket) -> None:
+        cert = None
+        if p.signer not in self.sent_certs:
+            c = self.relay.trust.certs.get(p.signer)
+            if c is not None:
+                cert = c.raw
+                self.sent_certs.add(p.signer)
+        proof = self.relay.hub_log.delivery_proof(p.index) if self.relay.hub_log else None
+        await self.send("deliver", sub=sub, index=p.index, packet=p.raw, cert=cert, proof=proof)
+        self.relay.metrics.delivered.inc()
+
+    # -- the connection ------------------------------------------------------------
+
+    async def receive(self, timeout: float) -> bytes | None:
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type == WSMsgType.BINARY:
+            return bytes(msg.data)
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return None
+        if msg.type == WSMsgType.ERROR:
+            log.info("session %s: connection error %s", self.id, self.ws.exception())
+            return None
+        raise reject("bad_frame", "frames must be binary msgpack")
+
+    async def authenticate(self) -> bool:
+        relay = self.relay
+        challenge = os.urandom(32)
+        roster = relay.trust.roster
+        await self.send("hello", v=1, hub=roster.hub_name, roster=roster.fp, challenge=challenge, time=relay.now())
+        try:
+            data = await self.receive(relay.config.limits.auth_timeout)
+        except TimeoutError:
+            await self.ws.close(code=CLOSE_TIMEOUT, message=b"authentication timed out")
+            return False
+        if data is None:
+            return False
+        try:
+            f = frames.decode_frame(data, frames.NODE_TO_HUB)
+            if f["t"] != "auth":
+                raise reject("unauthenticated", "authenticate first: send auth in answer to hello")
+            window = f["window"]
+            if not 0 < window <= MAX_WINDOW:
+                raise reject("bad_frame", f"window must be 1-{MAX_WINDOW}")
+            cert = await relay.learn_certificate(f["cert"])
+            if cert.role != "node":
+                raise reject("unauthenticated", f"{cert.name} is an {cert.role} certificate; sessions need a node certificate")
+            why = relay.trust.usable_at(cert, relay.now())
+            if why:
+                raise reject("unauthenticated", why)
+            try:
+                cert.signing.verify(frames.auth_message(challenge, roster.hub_name, roster.fp, cert.fp, window), f["sig"])
+            except InvalidPacket:
+                raise reject("unauthenticated", "authentication signature does not verify") from None
+        except (ProtocolError, DecodeError) as exc:
+            code = exc.code if isinstance(exc, ProtocolError) else "bad_frame"
+            relay.metrics.auth_failures.inc()
+            await self.send_error(code if code != "untrusted_signer" else "unauthenticated", str(exc))
+            await self.ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
+            return False
+        self.nation = cert.nation
+        self.window = min(window, relay.config.limits.window)
+        await self.send("welcome", nation=self.nation, session=self.id, time=relay.now())
+        return True
+
+    async def run(self) -> None:
+        if not await self.authenticate():
+            return
+        relay = self.relay
+        relay.metrics.connections.labels(self.nation).inc()
+        log.info("session %s: %s authenticated from %s", self.id, self.nation, self.peer)
+        try:
+            while True:
+                try:
+                    data = await self.receive(relay.config.limits.idle_timeout)
+                except TimeoutError:
+                    await self.ws.close(code=CLOSE_TIMEOUT, message=b"idle")
+                    return
+                if data is None:
+                    return
+                try:
+                    f = frames.decode_frame(data, frames.NODE_TO_HUB)
+                    await self.handle(f)
+                except DecodeError as exc:
+                    await self.send_error("bad_frame", str(exc))
+                except ProtocolError as exc:
+                    await self.send_error(exc.code, str(exc))
+        finally:
+            relay.metrics.connections.labels(self.nation).dec()
+            relay.release_feeds(self)
+            for feed in self.feeds.values():
+                if feed.task:
+                    feed.task.cancel()
+            for t in list(self.tasks):
+                t.cancel()
+            log.info("session %s: %s closed", self.id, self.nation)
+
+    async def handle(self, f: dict[str, Any]) -> None:
+        t = f["t"]
+        if t == "pub":
+            # Bounded: past max_pending_publishes the reader stops reading (back-pressure).
+            await self.pending.acquire()
+            task = asyncio.create_task(self._publish(f))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif t == "ack":
+            feed = self.feeds.get(f["sub"])
+            if feed is None:
+                raise reject("unknown_subscription", f"no subscription {f['sub']!r} in this session")
+            feed.ack(f["index"])
+        elif t == "sub":
+            await self._subscribe(f)
+        elif t == "post":
+            await self._post(f)
+        elif t == "auth":
+            raise reject("bad_frame", "already authenticated")
+
+    async def _publish(self, f: dict[str, Any]) -> None:
+        try:
+            a = await self.relay.publish(f["packet"], nation=self.nation, cert=f.get("cert"))
+            await self.send("accepted", rid=f["rid"], id=a.packet_id, index=a.index, dup=a.duplicate, promise=a.promise)
+        except ProtocolError as exc:
+            await self.send_error(exc.code, str(exc), f["rid"])
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            self.pending.release()
+
+    async def _subscribe(self, f: dict[str, Any]) -> None:
+        name = f["name"]
+        try:
+            patterns = tuple(check_pattern(p, "patterns") for p in f["patterns"])
+        except IntelhubError as exc:
+            raise reject("bad_frame", str(exc)) from None
+        allowed = self.relay.config.subscribe_patterns(self.nation)
+        sub = await self.relay.storage.subscribe(self.nation, name, patterns)
+        old = self.feeds.pop(name, None)
+        if old and old.task:
+            old.task.cancel()
+        self.relay.claim_feed(self, name)
+        feed = Feed(self, name, patterns, sub.cursor, sub.acked)
+        self.feeds[name] = feed
+        await self.send("subscribed", rid=f["rid"], name=name, cursor=sub.cursor + 1)
+        feed.task = asyncio.create_task(feed.run())
+        log.info("session %s: %s subscribed %s to %s (allowed %s), cursor %d",
+                 self.id, self.nation, name, ",".join(patterns), ",".join(allowed), sub.cursor)
+
+    async def _post(self, f: dict[str, Any]) -> None:
+        kind = f["kind"]
+        if kind == "revocations":
+            await self.relay.learn_revocations(f["data"])
+        elif kind == "cert":
+            await self.relay.learn_certificate(f["data"])
+        elif kind == "cosignature" and self.relay.hub_log is not None:
+            await self.relay.hub_log.add_cosignature(self.nation, f["data"])
+        else:
+            raise reject("bad_frame", f"unknown post kind {kind!r}")
+        await self.send("ok", rid=f["rid"])
+
+    def drop_feed(self, name: str) -> None:
+        """Another session of this nation took the subscription over."""
+        feed = self.feeds.pop(name, None)
+        if feed and feed.task:
+            feed.task.cancel()
+
+    async def close(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"hub shutting down") -> None:
+        await self.ws.close(code=code, message=message)

@@ -1,0 +1,296 @@
+"""SQLite backend of the hub's :class:`~hub.server.storage.Storage`, with group commit.
+
+One writer thread owns the write connection: it takes every queued operation,
+runs them in one transaction, commits (WAL, ``synchronous=FULL``: on disk), and
+only then resolves their futures — so no ACCEPTED leaves before its packet is
+durable, and one fsync serves many packets. If the commit fails (disk full,
+read-only), every operation in the batch fails and no index is consumed.
+Reads use a second connection on the event-loop thread (WAL readers never block).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from hub.migrations import migrate
+from hub.protocol import codec
+from hub.protocol.errors import StoreError
+
+from .storage import Appended, Conflict, NewPacket, StoredPacket, Subscription
+
+MIGRATIONS: Final = [
+    """
+    CREATE TABLE packets (
+        log_index   INTEGER PRIMARY KEY,
+        packet_id   BLOB NOT NULL UNIQUE,
+        digest      BLOB NOT NULL,
+        sender      TEXT NOT NULL,
+        signer      BLOB NOT NULL,
+        topic       TEXT NOT NULL,
+        created     INTEGER NOT NULL,
+        expires     INTEGER NOT NULL,
+        accepted_at INTEGER NOT NULL,
+        header      BLOB NOT NULL,
+        leaf_hash   BLOB NOT NULL,
+        raw         BLOB
+    );
+    CREATE TABLE packet_recipients (
+        nation    TEXT NOT NULL,
+        log_index INTEGER NOT NULL,
+        PRIMARY KEY (nation, log_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE subscriptions (
+        nation   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        patterns TEXT NOT NULL,
+        cursor   INTEGER NOT NULL,
+        created  INTEGER NOT NULL,
+        PRIMARY KEY (nation, name)
+    );
+    CREATE TABLE acks (
+        nation    TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        log_index INTEGER NOT NULL,
+        PRIMARY KEY (nation, name, log_index)
+    ) WITHOUT ROWID;
+    CREATE TABLE blobs (
+        kind  TEXT NOT NULL,
+        key   BLOB NOT NULL,
+        data  BLOB NOT NULL,
+        added INTEGER NOT NULL,
+        PRIMARY KEY (kind, key)
+    );
+    CREATE INDEX packets_purge ON packets (accepted_at) WHERE raw IS NOT NULL;
+    """,
+]
+
+_COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
+
+
+def leaf_data(header: bytes, accepted_at: int) -> bytes:
+    """The log leaf for a packet (docs/protocol.md §9): its signed header and the acceptance time."""
+    return codec.encode({"header": header, "time": accepted_at, "v": 1})
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(b"\x00" + data).digest()
+
+
+def _row(r: tuple[Any, ...]) -> StoredPacket:
+    return StoredPacket(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SQLiteStorage:
+    def __init__(self, path: Path | str, *, batch_max: int = 512) -> None:
+        self.path = Path(path)
+        if not self.path.parent.exists():
+            raise StoreError(f"{self.path.parent}: directory for the hub database does not exist")
+        try:
+            self._w = _connect(self.path)
+            migrate(self._w, MIGRATIONS, "hub")
+            self._r = _connect(self.path)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the hub database ({exc})") from None
+        self._batch_max = batch_max
+        row = self._w.execute("SELECT MAX(log_index) FROM packets").fetchone()
+        self._next_index = 0 if row[0] is None else row[0] + 1
+        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._writer, name="hub-sqlite-writer", daemon=True)
+        self._thread.start()
+        self.commit_seconds: list[float] = []
+        self.on_commit: Callable[[float, int], None] | None = None
+
+    # -- the writer thread --------------------------------------------------
+
+    def _writer(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self._batch_max:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)
+                    break
+                batch.append(item)
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]) -> None:
+        start = time.perf_counter()
+        saved_next = self._next_index
+        results: list[Any] = []
+        try:
+            self._w.execute("BEGIN IMMEDIATE")
+            for op, _ in batch:
+                results.append(op(self._w))
+            self._w.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            try:
+                self._w.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            self._next_index = saved_next
+            error = StoreError(f"hub database refused the write ({exc}); nothing was accepted")
+            for _, fut in batch:
+                fut.get_loop().call_soon_threadsafe(_set_exception, fut, error)
+            return
+        elapsed = time.perf_counter() - start
+        if self.on_commit:
+            self.on_commit(elapsed, len(batch))
+        for (_, fut), result in zip(batch, results):
+            fut.get_loop().call_soon_threadsafe(_set_result, fut, result)
+
+    async def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put((op, fut))
+        return await fut
+
+    # -- Storage ----------------------------------------------------------------
+
+    async def append(self, items: list[NewPacket], now: int) -> list[Appended | Conflict]:
+        def op(c: sqlite3.Connection) -> list[Appended | Conflict]:
+            out: list[Appended | Conflict] = []
+            for p in items:
+                row = c.execute("SELECT log_index, digest, accepted_at FROM packets WHERE packet_id = ?",
+                                (p.packet_id,)).fetchone()
+                if row is not None:
+                    out.append(Appended(row[0], row[2], True) if row[1] == p.digest else Conflict(row[0]))
+                    continue
+                index = self._next_index
+                c.execute(
+                    "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (index, p.packet_id, p.digest, p.sender, p.signer, p.topic, p.created, p.expires, now,
+                     p.header, leaf_hash(leaf_data(p.header, now)), p.raw),
+                )
+                c.executemany("INSERT INTO packet_recipients VALUES (?, ?)", [(n, index) for n in p.recipients])
+                self._next_index = index + 1
+                out.append(Appended(index, now, False))
+            return out
+
+        result: list[Appended | Conflict] = await self._submit(op)
+        return result
+
+    async def subscribe(self, nation: str, name: str, patterns: tuple[str, ...]) -> Subscription:
+        def op(c: sqlite3.Connection) -> Subscription:
+            row = c.execute("SELECT patterns, cursor FROM subscriptions WHERE nation = ? AND name = ?",
+                            (nation, name)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO subscriptions VALUES (?, ?, ?, -1, ?)",
+                          (nation, name, json.dumps(list(patterns)), int(time.time())))
+                cursor = -1
+            else:
+                cursor = row[1]
+                if json.loads(row[0]) != list(patterns):
+                    c.execute("UPDATE subscriptions SET patterns = ? WHERE nation = ? AND name = ?",
+                              (json.dumps(list(patterns)), nation, name))
+            acked = frozenset(r[0] for r in c.execute(
+                "SELECT log_index FROM acks WHERE nation = ? AND name = ? AND log_index > ?", (nation, name, cursor)))
+            return Subscription(nation, name, patterns, cursor, acked)
+
+        sub: Subscription = await self._submit(op)
+        return sub
+
+    async def ack(self, nation: str, name: str, index: int, new_cursor: int) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            if index > new_cursor:
+                c.execute("INSERT OR IGNORE INTO acks VALUES (?, ?, ?)", (nation, name, index))
+            c.execute("UPDATE subscriptions SET cursor = MAX(cursor, ?) WHERE nation = ? AND name = ?",
+                      (new_cursor, nation, name))
+            c.execute("DELETE FROM acks WHERE nation = ? AND name = ? AND log_index <= ?", (nation, name, new_cursor))
+
+        await self._submit(op)
+
+    def scan(self, nation: str, after: int, limit: int) -> list[StoredPacket]:
+        rows = self._r.execute(
+            f"SELECT {', '.join('p.' + c.strip() for c in _COLS.split(','))} FROM packet_recipients r "
+            "JOIN packets p ON p.log_index = r.log_index WHERE r.nation = ? AND r.log_index > ? "
+            "ORDER BY r.log_index LIMIT ?",
+            (nation, after, limit),
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def read_range(self, start: int, stop: int) -> list[StoredPacket]:
+        rows = self._r.execute(
+            f"SELECT {_COLS} FROM packets WHERE log_index >= ? AND log_index < ? ORDER BY log_index", (start, stop)
+        ).fetchall()
+        return [_row(r) for r in rows]
+
+    def get(self, packet_id: bytes) -> StoredPacket | None:
+        r = self._r.execute(f"SELECT {_COLS} FROM packets WHERE packet_id = ?", (packet_id,)).fetchone()
+        return _row(r) if r else None
+
+    def size(self) -> int:
+        return self._next_index
+
+    def leaf_hashes(self) -> list[bytes]:
+        return [r[0] for r in self._r.execute("SELECT leaf_hash FROM packets ORDER BY log_index")]
+
+    def recipients(self, index: int) -> list[str]:
+        return [r[0] for r in self._r.execute("SELECT nation FROM packet_recipients WHERE log_index = ?", (index,))]
+
+    async def put_blob(self, kind: str, key: bytes, data: bytes) -> None:
+        def op(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", (kind, key, data, int(time.time())))
+
+        await self._submit(op)
+
+    def blobs(self, kind: str) -> list[tuple[bytes, bytes]]:
+        return [(r[0], r[1]) for r in self._r.execute("SELECT key, data FROM blobs WHERE kind = ? ORDER BY added, key", (kind,))]
+
+    async def purge(self, now: int, retention: int) -> int:
+        """Drop packet bodies kept past retention once every recipient acknowledged (or they expired)."""
+
+        def op(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                """
+                UPDATE packets SET raw = NULL
+                WHERE raw IS NOT NULL AND accepted_at < :cutoff AND (expires < :now OR NOT EXISTS (
+                    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND NOT EXISTS (
+                        SELECT 1 FROM subscriptions s WHERE s.nation = r.nation AND (
+                            s.cursor >= r.log_index OR EXISTS (
+                                SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
+                                AND a.log_index = r.log_index)))))
+                """,
+                {"cutoff": now - retention, "now": now},
+            )
+            return cur.rowcount
+
+        purged: int = await self._submit(op)
+        return purged
+
+    async def close(self) -> None:
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._w.close()
+        self._r.close()
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)

@@ -1,0 +1,126 @@
+"""Helpers for tests that run the real hub (in-process on 127.0.0.1:0, or as a subprocess)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+
+from clients.connection import HubClient
+from hub.protocol import envelope
+from hub.protocol.federation import Federation
+from hub.protocol.suites import HYBRID, Suite
+from hub.server.app import create_app
+from hub.server.config import HubConfig, parse_config
+
+from .conftest import sample_alert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hub_toml(fed_dir: Path, db: Path, *, listen: str = "127.0.0.1:0", limits: dict[str, Any] | None = None,
+             topics: str = "") -> str:
+    lim = "".join(f"{k} = {v}\n" for k, v in (limits or {}).items())
+    return (f'[hub]\nlisten = "{listen}"\nkey = "{fed_dir}/hub/hub.key"\ntrust = "{fed_dir}"\n'
+            f'database = "{db}"\nverify_threads = 2\n\n[limits]\n{lim}\n{topics}')
+
+
+def hub_config(fed_dir: Path, db: Path, **kw: Any) -> HubConfig:
+    return parse_config(hub_toml(fed_dir, db, **kw), db.parent)
+
+
+@asynccontextmanager
+async def running_hub(config: HubConfig, **app_kw: Any) -> AsyncIterator[tuple[str, Any]]:
+    """The real hub app on a real socket; yields (base URL, app)."""
+    app = create_app(config, **app_kw)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), app
+    finally:
+        await server.close()
+
+
+def node_client(fed: Federation, nation: str, url: str, **kw: Any) -> HubClient:
+    m = fed.members[nation]
+    return HubClient(url, signing=m.node_signing, cert=m.node_cert, roster_fp=fed.roster.fp,
+                     hub_name=fed.hub_name, **kw)
+
+
+def seal_for(fed: Federation, sender: str, to: tuple[str, ...] | list[str], topic: str = "alerts.entity.migrant_smuggling",
+             content: dict[str, Any] | None = None, suite: Suite = HYBRID, now: int | None = None,
+             officer: bool = True) -> bytes:
+    m = fed.members[sender]
+    signer, cert = (m.officer, m.officer_cert) if officer else (m.node_signing, m.node_cert)
+    return envelope.seal(content or sample_alert(), signer=signer, signer_cert=cert,
+                         recipients=[fed.members[n].node_cert for n in to], topic=topic,
+                         now=int(time.time()) if now is None else now, suite=suite)
+
+
+async def collect(client: HubClient, n: int, timeout: float = 10.0, ack: bool = True) -> list[Any]:
+    """Receive ``n`` deliveries (acknowledging each), or fail after ``timeout`` seconds."""
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"received {len(out)} of {n} deliveries in {timeout} s")
+        d = await asyncio.wait_for(client.deliveries.get(), remaining)
+        out.append(d)
+        if ack:
+            await client.ack(d.sub, d.index)
+    return out
+
+
+class HubProcess:
+    """The hub as its own process (`intelhub hub serve`), for SIGKILL tests and benchmarks."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.config_path = config_path
+        self.log_path = log_path
+        self.port_file = config_path.with_suffix(".port")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def start(self, timeout: float = 20.0) -> str:
+        if self.port_file.exists():
+            self.port_file.unlink()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clients", "hub", "serve", "--config", str(self.config_path),
+             "--port-file", str(self.port_file)],
+            stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + timeout
+        while not self.port_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"hub did not start within {timeout} s; see {self.log_path}")
+            time.sleep(0.05)
+        self.port = int(self.port_file.read_text())
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else 0
