@@ -30,7 +30,7 @@ from .protocol.trust import Trust
 PASSPHRASE_ENV: Final[str] = "INTELHUB_PASSPHRASE"
 EXAMPLE_COMMENTS: Final = (
     f"{EXAMPLE_MARKER} - a published example key. It protects nothing: never use it for real intelligence.",
-    "Regenerate with: intelhub keys federation create --example --out keys/example",
+    "Regenerate: intelhub keys federation create --example --out keys/example --validity-days 3650 --name intelhub-example",
 )
 
 

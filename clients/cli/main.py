@@ -44,6 +44,16 @@ class LazyGroup(click.Group):
         cmd: click.Command = getattr(importlib.import_module(module), attr)
         return cmd
 
+    def invoke(self, ctx: click.Context) -> Any:
+        # The one place intelhub errors become a message and an exit code.
+        from hub.protocol.errors import IntelhubError
+
+        try:
+            return super().invoke(ctx)
+        except IntelhubError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_CODES.get(exc.code, 1))
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Short help without importing every module.
         with formatter.section("Commands"):
@@ -63,23 +73,7 @@ def cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    from hub.protocol.errors import IntelhubError
-
-    try:
-        return cli.main(args=argv, prog_name="intelhub", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except IntelhubError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CODES.get(exc.code, 1))
-    except KeyboardInterrupt:
-        sys.exit(130)
+    return cli.main(args=argv, prog_name="intelhub")
 
 
 if __name__ == "__main__":
