@@ -80,6 +80,8 @@ class HubClient:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._acks: dict[str, list[int]] = {}
+        self._ack_flush_scheduled = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -98,6 +100,8 @@ class HubClient:
             raise ProtocolError(f"could not connect to the hub at {self.url} within {timeout:g} s", "unreachable")
 
     async def close(self) -> None:
+        if self._acks:
+            await self._flush_acks()  # acks made just before closing still reach the hub
         self._closing = True
         if self._ws is not None:
             await self._ws.close()
@@ -151,13 +155,28 @@ class HubClient:
         await self._request("post", timeout, kind=kind, data=data)
 
     async def ack(self, sub: str, index: int) -> None:
-        """Acknowledge a delivery; if the connection is down the hub will redeliver (nodes dedupe)."""
+        """Acknowledge a delivery (call only once it is safely stored).
+
+        Acks are batched: those made in one turn of the event loop go out in one
+        frame. If the connection drops first, the hub redelivers (nodes dedupe).
+        """
+        self._acks.setdefault(sub, []).append(index)
+        if not self._ack_flush_scheduled:
+            self._ack_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush_acks()))
+
+    async def _flush_acks(self) -> None:
+        self._ack_flush_scheduled = False
+        pending, self._acks = self._acks, {}
         ws = self._ws
-        if ws is not None and self.connected.is_set():
-            try:
-                await ws.send_bytes(frames.encode_frame("ack", sub=sub, index=index))
-            except (ConnectionError, RuntimeError, aiohttp.ClientError):
-                pass
+        if ws is None or not self.connected.is_set():
+            return
+        try:
+            for sub, indexes in pending.items():
+                for i in range(0, len(indexes), frames.MAX_ACKS):
+                    await ws.send_bytes(frames.encode_frame("ack", sub=sub, indexes=indexes[i:i + frames.MAX_ACKS]))
+        except (ConnectionError, RuntimeError, aiohttp.ClientError):
+            pass
 
     # -- the connection loop --------------------------------------------------------
 

@@ -47,23 +47,38 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
 
 
 def _check_tree(obj: Any, max_depth: int) -> None:
-    """Reject floats, out-of-range ints and excessive depth (iteratively, no recursion)."""
+    """Reject floats, non-string or unsorted map keys, and excessive depth (iteratively).
+
+    Runs on every decoded frame, so it avoids per-key Python loops: unpackb's
+    strict_map_key already limits keys to str/bytes, a str/bytes mix makes
+    sorted() raise, and the first key's type settles the rest.
+    """
     stack: list[tuple[Any, int]] = [(obj, 1)]
+    push = stack.append
     while stack:
         item, depth = stack.pop()
-        t = type(item)
-        if t is dict or t is list:
-            if depth > max_depth:
-                raise DecodeError(f"nesting deeper than {max_depth} levels")
-            children = item.values() if t is dict else item
-            for child in children:
-                ct = type(child)
-                if ct is dict or ct is list:
-                    stack.append((child, depth + 1))
-                elif ct is float:
-                    raise DecodeError("floating-point numbers are not allowed")
-        elif t is float:
-            raise DecodeError("floating-point numbers are not allowed")
+        if type(item) is dict:
+            if item:
+                keys = list(item)
+                try:
+                    ordered = keys == sorted(keys)
+                except TypeError:
+                    ordered = False
+                if type(keys[0]) is not str:
+                    raise DecodeError(f"map key {keys[0]!r} is not a string")
+                if not ordered:
+                    raise DecodeError("map keys out of canonical order (or not all strings)")
+            children: Any = item.values()
+        else:
+            children = item
+        if depth > max_depth:
+            raise DecodeError(f"nesting deeper than {max_depth} levels")
+        for child in children:
+            ct = type(child)
+            if ct is dict or ct is list:
+                push((child, depth + 1))
+            elif ct is float:
+                raise DecodeError("floating-point numbers are not allowed")
 
 
 def decode(
@@ -82,12 +97,12 @@ def decode(
     if not data:
         raise DecodeError("empty input")
     try:
-        # Declared lengths are capped before any allocation by the max_* limits.
+        # Declared lengths are capped before any allocation by the max_* limits. No per-map
+        # hook on this hot path: key order is checked by _check_tree, duplicates by re-encoding.
         obj = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
-            object_pairs_hook=_pairs,
             ext_hook=_reject_ext,
             max_str_len=max_size,
             max_bin_len=max_size,
@@ -109,10 +124,22 @@ def decode(
         if "map key" in msg:
             raise DecodeError("a map key is not a string") from None
         raise DecodeError(f"not valid msgpack ({msg})") from None
-    _check_tree(obj, max_depth)
+    t = type(obj)
+    if t is dict or t is list:
+        _check_tree(obj, max_depth)
+    elif t is float:
+        raise DecodeError("floating-point numbers are not allowed")
     # Shortest-form integers, lengths and str/bin choice: the only encoding of
     # the decoded value must be the input itself.
     if msgpack.packb(obj, use_bin_type=True) != data:
+        # Slow path, errors only: name a duplicate key precisely if that is the cause.
+        try:
+            msgpack.unpackb(data, raw=False, strict_map_key=False, object_pairs_hook=_pairs,
+                            max_str_len=max_size, max_bin_len=max_size, max_array_len=max_items, max_map_len=max_items)
+        except DecodeError:
+            raise
+        except Exception:  # noqa: BLE001 - already known to be malformed
+            pass
         raise DecodeError("not in canonical form (re-encoding differs)")
     return obj
 

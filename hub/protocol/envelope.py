@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import codec
-from .certs import Certificate, check_nation
+from .certs import Certificate
 from .content import validate_content
 from .errors import DecodeError, InvalidPacket, UntrustedSigner, ValidationError
 from .keys import KemKey, SigningKey, signing_input
@@ -43,6 +43,9 @@ _NONCE: Final[bytes] = bytes(12)
 
 _PACKET_FIELDS: Final = frozenset({"v", "header", "sig", "ct", "keys"})
 _HEADER_FIELDS: Final = frozenset({"v", "suite", "id", "sender", "to", "topic", "created", "expires", "ct", "commit"})
+_SENDER_FIELDS: Final = frozenset({"nation", "cert"})
+_RECIPIENT_FIELDS: Final = frozenset({"nation", "key", "wrap"})
+_NATION: Final = re.compile(r"[A-Z]{2}")
 
 
 @dataclass(frozen=True)
@@ -168,46 +171,48 @@ def _bytes32(v: object, path: str) -> bytes:
 
 
 def _parse_header(raw: bytes) -> Header:
+    # The hub runs this for every packet: checks are inlined rather than helper calls.
     h = codec.decode(raw, max_size=MAX_PACKET_SIZE, max_items=MAX_RECIPIENTS + 16)
     if type(h) is not dict or h.keys() != _HEADER_FIELDS:
         extra = sorted(set(h) - _HEADER_FIELDS) if type(h) is dict else []
         raise DecodeError(f"header: unknown field {extra[0]!r}" if extra else "header: missing or wrong fields")
-    if h["v"] != VERSION or type(h["v"]) is not int:
+    if type(h["v"]) is not int or h["v"] != VERSION:
         raise DecodeError(f"header.v: unsupported version {h['v']!r} (this is v{VERSION})")
     suite = get_suite(h["suite"])
-    if type(h["id"]) is not bytes or len(h["id"]) != 16:
+    pid = h["id"]
+    if type(pid) is not bytes or len(pid) != 16:
         raise DecodeError("header.id: must be 16 bytes")
     sender = h["sender"]
-    if type(sender) is not dict or sender.keys() != {"nation", "cert"}:
+    if type(sender) is not dict or sender.keys() != _SENDER_FIELDS:
         raise DecodeError("header.sender: must be a map of nation and cert")
+    sender_nation = sender["nation"]
+    if type(sender_nation) is not str or not _NATION.fullmatch(sender_nation):
+        raise DecodeError("header.sender.nation: must be a nation code (two capital letters)")
     to = h["to"]
     if type(to) is not list or not 0 < len(to) <= MAX_RECIPIENTS:
         raise DecodeError(f"header.to: must list 1-{MAX_RECIPIENTS} recipients")
     recipients = []
     prev = ""
     for i, r in enumerate(to):
-        if type(r) is not dict or r.keys() != {"nation", "key", "wrap"}:
+        if type(r) is not dict or r.keys() != _RECIPIENT_FIELDS:
             raise DecodeError(f"header.to[{i}]: must be a map of nation, key and wrap")
-        try:
-            nation = check_nation(r["nation"], f"header.to[{i}].nation")
-        except ValidationError as exc:
-            raise DecodeError(str(exc)) from None
+        nation, key, wrap = r["nation"], r["key"], r["wrap"]
+        if type(nation) is not str or not _NATION.fullmatch(nation):
+            raise DecodeError(f"header.to[{i}].nation: must be a nation code (two capital letters)")
         if nation <= prev:
             raise DecodeError(f"header.to[{i}]: recipients must be unique and sorted by nation")
+        if type(key) is not bytes or len(key) != 32 or type(wrap) is not bytes or len(wrap) != 32:
+            raise DecodeError(f"header.to[{i}]: key and wrap must be 32 bytes")
         prev = nation
-        recipients.append(Recipient(nation, _bytes32(r["key"], f"header.to[{i}].key"), _bytes32(r["wrap"], f"header.to[{i}].wrap")))
+        recipients.append(Recipient(nation, key, wrap))
     topic = h["topic"]
     if type(topic) is not str or len(topic) > MAX_TOPIC_LEN or not TOPIC_RE.fullmatch(topic):
         raise DecodeError("header.topic: must be dot-separated words of a-z 0-9 _ - (e.g. alerts.entity.smuggling)")
     created, expires = h["created"], h["expires"]
     if type(created) is not int or type(expires) is not int or not 0 < created < expires <= created + MAX_LIFETIME:
         raise DecodeError(f"header.created/expires: need 0 < created < expires <= created + {MAX_LIFETIME} s")
-    try:
-        sender_nation = check_nation(sender["nation"], "header.sender.nation")
-    except ValidationError as exc:
-        raise DecodeError(str(exc)) from None
     return Header(
-        raw, suite, h["id"], sender_nation, _bytes32(sender["cert"], "header.sender.cert"), tuple(recipients),
+        raw, suite, pid, sender_nation, _bytes32(sender["cert"], "header.sender.cert"), tuple(recipients),
         topic, created, expires, _bytes32(h["ct"], "header.ct"), _bytes32(h["commit"], "header.commit"),
     )
 

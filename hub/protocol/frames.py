@@ -18,6 +18,8 @@ from .keys import signing_input
 MAX_FRAME: Final[int] = (1 << 20) + 32 * 1024
 MAX_PATTERNS: Final[int] = 32
 MAX_NAME: Final[int] = 64
+#: Most log indexes acknowledged by one ack frame (nodes batch their acks).
+MAX_ACKS: Final[int] = 1024
 
 _BIN, _STR, _INT, _MAP, _LIST = bytes, str, int, dict, list
 
@@ -39,7 +41,7 @@ SCHEMAS: Final[dict[str, dict[str, tuple[type, bool]]]] = {
     "auth": {"cert": (_BIN, True), "sig": (_MAP, True), "window": (_INT, True)},
     "sub": {"rid": (_INT, True), "name": (_STR, True), "patterns": (_LIST, True)},
     "pub": {"rid": (_INT, True), "packet": (_BIN, True), "cert": (_BIN, False)},
-    "ack": {"sub": (_STR, True), "index": (_INT, True)},
+    "ack": {"sub": (_STR, True), "indexes": (_LIST, True)},
     "post": {"rid": (_INT, True), "kind": (_STR, True), "data": (_BIN, True)},
 }
 
@@ -82,6 +84,10 @@ def decode_frame(data: bytes, allowed: frozenset[str], *, max_size: int = MAX_FR
     for name in ("rid", "index", "window", "cursor", "v", "time"):
         if name in f and f[name] < 0:
             raise DecodeError(f"frame {t}: field {name!r} must not be negative")
+    if t == "ack":
+        idx = f["indexes"]
+        if not 0 < len(idx) <= MAX_ACKS or any(type(i) is not int or i < 0 for i in idx):
+            raise DecodeError(f"frame ack: indexes must be 1-{MAX_ACKS} non-negative integers")
     if t == "sub":
         pats = f["patterns"]
         if not 0 < len(pats) <= MAX_PATTERNS or any(type(p) is not str for p in pats):

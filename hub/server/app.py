@@ -47,7 +47,10 @@ def _error(exc: ProtocolError) -> web.Response:
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
-    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=30.0, compress=False)
+    # The heartbeat closes a peer that stops answering pings within idle_timeout (a dead link, or a
+    # slow-loris stuck mid-frame, which cannot answer a ping either).
+    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=config.limits.idle_timeout / 2,
+                               compress=False)
     await ws.prepare(request)
     session = Session(request.app[RELAY], ws, request.remote or "?")
     request.app[SESSIONS].add(session)
@@ -61,7 +64,6 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     finally:
         if not ws.closed:
             await ws.close()
-    del config
     return ws
 
 

@@ -15,7 +15,7 @@ from typing import Any, Final
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
-DEFAULT_PUBLISH: Final = ("alerts.>", "notices.>", "receipts.>", "witness.>")
+DEFAULT_PUBLISH: Final = ("alerts.>", "notices.>", "receipts.>", "control.>", "witness.>")
 DEFAULT_SUBSCRIBE: Final = (">",)
 
 

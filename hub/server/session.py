@@ -49,6 +49,8 @@ class Feed:
         self.inflight: dict[int, tuple[float, float]] = {}  # index -> (sent monotonic, accepted_at)
         self.event = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self.unflushed: list[int] = []
+        self.flush_scheduled = False
 
     def wanted(self, p: StoredPacket, now: int) -> bool:
         return (
@@ -101,20 +103,29 @@ class Feed:
             gauge.set(0)
 
     def ack(self, index: int) -> None:
-        """Record an acknowledgement: in memory now, on disk with the next group commit.
+        """Record an acknowledgement: in memory now, on disk with the next coalesced flush.
 
-        The reader loop never waits for the commit, so a burst of acks costs one
-        fsync, and acks already received are not lost if the peer then disconnects.
+        The reader loop never waits for a commit, and a burst of acks costs one
+        write; acks already received are not lost if the peer then disconnects.
         """
         entry = self.inflight.pop(index, None)
         if entry is None:
             return  # a duplicate ack, or one for a redelivery already acknowledged
         self.relay.metrics.acked.inc()
         self.relay.metrics.delivery_lag.observe(max(0.0, time.time() - entry[1]))
-        new_cursor = self._advance()
-        self.cursor = max(self.cursor, new_cursor)
-        self.relay.spawn(self.relay.storage.ack(self.nation, self.name, index, new_cursor))
+        self.unflushed.append(index)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.relay.spawn(self._flush())
         self.event.set()
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the acks already buffered in this read join the same write
+        self.flush_scheduled = False
+        indexes, self.unflushed = self.unflushed, []
+        cursor = self._advance()
+        self.cursor = max(self.cursor, cursor)
+        await self.relay.storage.ack(self.nation, self.name, indexes, cursor)
 
 
 class Session:
@@ -157,7 +168,9 @@ class Session:
 
     # -- the connection ------------------------------------------------------------
 
-    async def receive(self, timeout: float) -> bytes | None:
+    async def receive(self, timeout: float | None = None) -> bytes | None:
+        # Only authentication uses a timeout; afterwards the WebSocket heartbeat closes dead or
+        # stalled peers (a per-frame timer would cost more than the frame on this hot path).
         msg = await self.ws.receive(timeout=timeout)
         if msg.type == WSMsgType.BINARY:
             return bytes(msg.data)
@@ -216,11 +229,7 @@ class Session:
         log.info("session %s: %s authenticated from %s", self.id, self.nation, self.peer)
         try:
             while True:
-                try:
-                    data = await self.receive(relay.config.limits.idle_timeout)
-                except TimeoutError:
-                    await self.ws.close(code=CLOSE_TIMEOUT, message=b"idle")
-                    return
+                data = await self.receive()
                 if data is None:
                     return
                 try:
@@ -252,7 +261,8 @@ class Session:
             feed = self.feeds.get(f["sub"])
             if feed is None:
                 raise reject("unknown_subscription", f"no subscription {f['sub']!r} in this session")
-            feed.ack(f["index"])
+            for index in f["indexes"]:
+                feed.ack(index)
         elif t == "sub":
             await self._subscribe(f)
         elif t == "post":

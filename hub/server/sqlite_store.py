@@ -74,6 +74,10 @@ MIGRATIONS: Final = [
 ]
 
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
+_SCAN: Final = (
+    f"SELECT {', '.join('p.' + c.strip() for c in _COLS.split(','))} FROM packet_recipients r "
+    "JOIN packets p ON p.log_index = r.log_index WHERE r.nation = ? AND r.log_index > ? ORDER BY r.log_index LIMIT ?"
+)
 
 
 def leaf_data(header: bytes, accepted_at: int) -> bytes:
@@ -145,21 +149,20 @@ class SQLiteStorage:
             for op, _ in batch:
                 results.append(op(self._w))
             self._w.execute("COMMIT")
-        except (sqlite3.Error, OSError) as exc:
+        except Exception as exc:  # sqlite3.Error, OSError, or a bug in an op: the batch fails whole
             try:
                 self._w.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             self._next_index = saved_next
             error = StoreError(f"hub database refused the write ({exc}); nothing was accepted")
-            for _, fut in batch:
-                fut.get_loop().call_soon_threadsafe(_set_exception, fut, error)
+            batch[0][1].get_loop().call_soon_threadsafe(_fail, [fut for _, fut in batch], error)
             return
         elapsed = time.perf_counter() - start
         if self.on_commit:
             self.on_commit(elapsed, len(batch))
-        for (_, fut), result in zip(batch, results):
-            fut.get_loop().call_soon_threadsafe(_set_result, fut, result)
+        # One wake-up of the event loop per batch, not per operation.
+        batch[0][1].get_loop().call_soon_threadsafe(_resolve, [(fut, r) for (_, fut), r in zip(batch, results)])
 
     async def _submit(self, op: Callable[[sqlite3.Connection], Any]) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -211,24 +214,21 @@ class SQLiteStorage:
         sub: Subscription = await self._submit(op)
         return sub
 
-    async def ack(self, nation: str, name: str, index: int, new_cursor: int) -> None:
+    async def ack(self, nation: str, name: str, indexes: list[int], cursor: int) -> None:
+        """Persist a subscription's cursor and its acknowledgements above it (coalesced by the caller)."""
+
         def op(c: sqlite3.Connection) -> None:
-            if index > new_cursor:
-                c.execute("INSERT OR IGNORE INTO acks VALUES (?, ?, ?)", (nation, name, index))
             c.execute("UPDATE subscriptions SET cursor = MAX(cursor, ?) WHERE nation = ? AND name = ?",
-                      (new_cursor, nation, name))
-            c.execute("DELETE FROM acks WHERE nation = ? AND name = ? AND log_index <= ?", (nation, name, new_cursor))
+                      (cursor, nation, name))
+            c.execute("DELETE FROM acks WHERE nation = ? AND name = ? AND log_index <= ?", (nation, name, cursor))
+            above = [(nation, name, i) for i in indexes if i > cursor]
+            if above:
+                c.executemany("INSERT OR IGNORE INTO acks VALUES (?, ?, ?)", above)
 
         await self._submit(op)
 
     def scan(self, nation: str, after: int, limit: int) -> list[StoredPacket]:
-        rows = self._r.execute(
-            f"SELECT {', '.join('p.' + c.strip() for c in _COLS.split(','))} FROM packet_recipients r "
-            "JOIN packets p ON p.log_index = r.log_index WHERE r.nation = ? AND r.log_index > ? "
-            "ORDER BY r.log_index LIMIT ?",
-            (nation, after, limit),
-        ).fetchall()
-        return [_row(r) for r in rows]
+        return [StoredPacket(*r) for r in self._r.execute(_SCAN, (nation, after, limit))]
 
     def read_range(self, start: int, stop: int) -> list[StoredPacket]:
         rows = self._r.execute(
@@ -286,11 +286,13 @@ class SQLiteStorage:
         self._r.close()
 
 
-def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
-    if not fut.done():
-        fut.set_result(value)
+def _resolve(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, value in pairs:
+        if not fut.done():
+            fut.set_result(value)
 
 
-def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_exception(exc)
+def _fail(futs: list[asyncio.Future[Any]], exc: BaseException) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_exception(exc)
