@@ -1,0 +1,1 @@
+"""A national node: subscriptions, local store, search (see docs and each module)."""
