@@ -15,9 +15,19 @@ import click
 
 #: command name -> (module, attribute, one-line help shown by ``intelhub --help``)
 COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
+    "alert": ("clients.cli.officer", "alert", "Publish an entity alert, or print a template (liaison officer)."),
+    "freeze": ("clients.cli.officer", "freeze", "Issue an asset-freeze notice, or print a template."),
+    "amend": ("clients.cli.officer", "amend", "Publish a new version of one of your packets."),
+    "withdraw": ("clients.cli.officer", "withdraw", "Withdraw one of your packets from every recipient."),
+    "status": ("clients.cli.officer", "status", "Receipts per recipient nation, and log status, of your packet."),
     "keys": ("clients.cli.keys", "keys", "Create a federation, issue and revoke certificates, show fingerprints."),
     "packet": ("clients.cli.packet", "packet", "Seal, open and verify packet files offline."),
     "hub": ("clients.cli.hubcmd", "hub", "Run the hub: the authenticated, durable relay (hub operator)."),
+    "node": ("clients.cli.node", "node", "Run a national node and look after its store (node operator)."),
+    "search": ("clients.cli.node", "search", "Find entities by name across scripts and spellings."),
+    "lookup": ("clients.cli.node", "lookup", "Exact identifier lookup: IBAN, wallet, IMO, passport, phone."),
+    "show": ("clients.cli.node", "show", "A record with its history and receipts."),
+    "freezes": ("clients.cli.node", "freezes", "Asset-freeze notices and their current status."),
 }
 
 #: Exit codes by error code; anything else that is an IntelhubError exits 1.

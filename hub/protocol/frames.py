@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import msgpack
+
 from . import codec
 from .errors import DecodeError
 from .keys import signing_input
@@ -22,6 +24,7 @@ MAX_NAME: Final[int] = 64
 MAX_ACKS: Final[int] = 1024
 
 _BIN, _STR, _INT, _MAP, _LIST = bytes, str, int, dict, list
+_FLAT: Final = frozenset({bytes, str, int, bool})
 
 #: type -> {field: (python type, required)}; ``t`` is implicit.
 SCHEMAS: Final[dict[str, dict[str, tuple[type, bool]]]] = {
@@ -56,6 +59,9 @@ def encode_frame(t: str, **fields: Any) -> bytes:
             raise ValueError(f"frame {t} needs {name}")
     body = {k: v for k, v in fields.items() if v is not None}
     body["t"] = t
+    if all(type(v) in _FLAT for v in body.values()):
+        # Hot path (deliver, accepted, ack): flat maps need only their keys sorted to be canonical.
+        return msgpack.packb(dict(sorted(body.items())), use_bin_type=True)
     return codec.encode(body)
 
 

@@ -20,6 +20,8 @@ from hub.keyfiles import load_private_keys, load_trust_dir
 from hub.protocol import codec, frames
 from hub.protocol.errors import DecodeError, IntelhubError, KeyFileError, ProtocolError
 
+from hub.logs import setup_logging  # noqa: F401  (re-exported for the CLI)
+
 from .config import HubConfig
 from .metrics import Metrics
 from .relay import Relay
@@ -175,28 +177,11 @@ async def _purge_loop(relay: Relay) -> None:
             log.warning("purge failed: %s", exc)
 
 
-class JsonFormatter(logging.Formatter):
-    """Structured logs: one JSON object per line (never any content: the hub has none)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("intelhub")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
-
-
 async def serve(config: HubConfig, *, port_file: Path | None = None, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: close every session with 1001 and stop."""
+    # Short GIL turns: the event loop gives the GIL up on every socket write and hash, and must not
+    # then wait a whole default 5 ms slice behind a verification thread to get it back.
+    sys.setswitchinterval(0.0002)
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()

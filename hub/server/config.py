@@ -169,7 +169,7 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
         database=path("database"), tls_cert=tls_cert, tls_key=tls_key,  # type: ignore[arg-type]
         limits=Limits(**values), retention_seconds=int(days * 86400), publish=pub, subscribe=sub,
         default_publish=default_pub, default_subscribe=default_sub,
-        verify_threads=_positive(_typed(hub, "verify_threads", int, "hub", 2), "hub.verify_threads"),
+        verify_threads=_typed(hub, "verify_threads", int, "hub", 2),
         checkpoint_interval=_positive(_typed(hub, "checkpoint_interval", (int, float), "hub", 1.0), "hub.checkpoint_interval"),
         log_level=log_level,
     )

@@ -17,7 +17,8 @@ class Metrics:
         self.redelivered = Counter("intelhub_redeliveries", "Packets resent after the ack timeout", registry=r)
         self.acked = Counter("intelhub_acks", "Acknowledgements received", registry=r)
         self.queue_depth = Gauge("intelhub_queue_depth", "Unacknowledged deliveries in flight", ["nation", "sub"], registry=r)
-        self.delivery_lag = Histogram("intelhub_delivery_lag_seconds", "Acceptance to acknowledgement",
+        self.delivery_lag = Histogram("intelhub_delivery_lag_seconds",
+                                      "Acceptance to acknowledgement (the oldest packet of each batch of acks)",
                                       buckets=_LATENCY_BUCKETS + (5, 10, 60, 600), registry=r)
         self.accept_latency = Histogram("intelhub_accept_latency_seconds", "Receipt of a packet to ACCEPTED",
                                         buckets=_LATENCY_BUCKETS, registry=r)

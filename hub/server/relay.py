@@ -73,7 +73,8 @@ class Relay:
         self.storage = storage
         self.metrics = metrics
         self.hub_log = hub_log
-        self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="hub-verify")
+        self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="hub-verify") \
+            if config.verify_threads > 0 else None
         self._buckets: dict[str, TokenBucket] = {}
         #: nation -> callbacks woken when a packet for that nation is committed
         self._listeners: dict[str, set[asyncio.Event]] = defaultdict(set)
@@ -158,7 +159,10 @@ class Relay:
             await self.learn_certificate(cert)
         now = self.now()
         try:
-            v = await asyncio.get_running_loop().run_in_executor(self.pool, self._verify, raw, now)
+            if self.pool is None:
+                v = self._verify(raw, now)
+            else:
+                v = await asyncio.get_running_loop().run_in_executor(self.pool, self._verify, raw, now)
         except DecodeError as exc:
             raise reject("malformed", str(exc)) from None
         except InvalidPacket as exc:
@@ -238,4 +242,5 @@ class Relay:
     async def close(self) -> None:
         if self._background:
             await asyncio.wait(self._background, timeout=5)
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)

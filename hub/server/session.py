@@ -51,6 +51,7 @@ class Feed:
         self.task: asyncio.Task[None] | None = None
         self.unflushed: list[int] = []
         self.flush_scheduled = False
+        self.oldest_acked = float("inf")
 
     def wanted(self, p: StoredPacket, now: int) -> bool:
         return (
@@ -69,6 +70,8 @@ class Feed:
         window = self.session.window
         ack_timeout = self.relay.config.limits.ack_timeout
         gauge = self.relay.metrics.queue_depth.labels(self.nation, self.name)
+        check_every = max(0.05, ack_timeout / 4)
+        next_check = time.monotonic() + check_every
         try:
             while True:
                 self.event.clear()
@@ -84,10 +87,19 @@ class Feed:
                             await self.session.deliver(self.name, p)
                         else:
                             self.acked_above.discard(p.index)
-                # Resend what waited too long for its ack (the node may have lost it).
-                cutoff = time.monotonic() - ack_timeout
-                for index, (sent, accepted_at) in list(self.inflight.items()):
-                    if sent < cutoff:
+                # Resend what waited too long for its ack (the node may have lost it). ``inflight`` is in
+                # send order, so the scan stops at the first entry still within its time: O(expired).
+                now_m = time.monotonic()
+                if now_m >= next_check:
+                    next_check = now_m + check_every
+                    cutoff = now_m - ack_timeout
+                    expired = []
+                    for index, (sent, _) in self.inflight.items():
+                        if sent >= cutoff:
+                            break
+                        expired.append(index)
+                    for index in expired:
+                        accepted_at = self.inflight.pop(index)[1]
                         rows = self.relay.storage.read_range(index, index + 1)
                         if rows and rows[0].raw is not None:
                             self.inflight[index] = (time.monotonic(), accepted_at)
@@ -95,7 +107,7 @@ class Feed:
                             await self.session.deliver(self.name, rows[0])
                 gauge.set(len(self.inflight))
                 try:
-                    await asyncio.wait_for(self.event.wait(), timeout=max(0.05, ack_timeout / 4))
+                    await asyncio.wait_for(self.event.wait(), timeout=check_every)
                 except TimeoutError:
                     pass
         finally:
@@ -111,9 +123,8 @@ class Feed:
         entry = self.inflight.pop(index, None)
         if entry is None:
             return  # a duplicate ack, or one for a redelivery already acknowledged
-        self.relay.metrics.acked.inc()
-        self.relay.metrics.delivery_lag.observe(max(0.0, time.time() - entry[1]))
         self.unflushed.append(index)
+        self.oldest_acked = min(self.oldest_acked, entry[1])
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.relay.spawn(self._flush())
@@ -123,6 +134,10 @@ class Feed:
         await asyncio.sleep(0)  # let the acks already buffered in this read join the same write
         self.flush_scheduled = False
         indexes, self.unflushed = self.unflushed, []
+        # Metrics once per batch of acks: the lag histogram records the oldest packet in the batch.
+        self.relay.metrics.acked.inc(len(indexes))
+        self.relay.metrics.delivery_lag.observe(max(0.0, time.time() - self.oldest_acked))
+        self.oldest_acked = float("inf")
         cursor = self._advance()
         self.cursor = max(self.cursor, cursor)
         await self.relay.storage.ack(self.nation, self.name, indexes, cursor)

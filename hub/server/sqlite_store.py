@@ -11,6 +11,7 @@ Reads use a second connection on the event-loop thread (WAL readers never block)
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 import hashlib
 import json
 import queue
@@ -74,10 +75,9 @@ MIGRATIONS: Final = [
 ]
 
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
-_SCAN: Final = (
-    f"SELECT {', '.join('p.' + c.strip() for c in _COLS.split(','))} FROM packet_recipients r "
-    "JOIN packets p ON p.log_index = r.log_index WHERE r.nation = ? AND r.log_index > ? ORDER BY r.log_index LIMIT ?"
-)
+_SCAN: Final = "SELECT log_index FROM packet_recipients WHERE nation = ? AND log_index > ? ORDER BY log_index LIMIT ?"
+#: Recently appended packets kept in memory: live subscribers read them from here, not from disk.
+RECENT: Final[int] = 8192
 
 
 def leaf_data(header: bytes, accepted_at: int) -> bytes:
@@ -118,7 +118,7 @@ class SQLiteStorage:
         self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="hub-sqlite-writer", daemon=True)
         self._thread.start()
-        self.commit_seconds: list[float] = []
+        self._recent: OrderedDict[int, StoredPacket] = OrderedDict()
         self.on_commit: Callable[[float, int], None] | None = None
 
     # -- the writer thread --------------------------------------------------
@@ -192,6 +192,13 @@ class SQLiteStorage:
             return out
 
         result: list[Appended | Conflict] = await self._submit(op)
+        # Committed: cache them for the feeds (only now, so the cache never holds what the disk lacks).
+        for p, r in zip(items, result):
+            if isinstance(r, Appended) and not r.duplicate:
+                self._recent[r.index] = StoredPacket(r.index, p.packet_id, p.sender, p.signer, p.topic, p.header,
+                                                     now, p.expires, p.raw, leaf_hash(leaf_data(p.header, now)))
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
         return result
 
     async def subscribe(self, nation: str, name: str, patterns: tuple[str, ...]) -> Subscription:
@@ -228,7 +235,15 @@ class SQLiteStorage:
         await self._submit(op)
 
     def scan(self, nation: str, after: int, limit: int) -> list[StoredPacket]:
-        return [StoredPacket(*r) for r in self._r.execute(_SCAN, (nation, after, limit))]
+        indexes = [r[0] for r in self._r.execute(_SCAN, (nation, after, limit))]
+        recent = self._recent
+        out = [recent.get(i) for i in indexes]
+        if None in out:
+            missing = [i for i, p in zip(indexes, out) if p is None]
+            found = {r[0]: StoredPacket(*r) for r in self._r.execute(
+                f"SELECT {_COLS} FROM packets WHERE log_index IN ({','.join('?' * len(missing))})", missing)}
+            out = [p if p is not None else found.get(i) for i, p in zip(indexes, out)]
+        return [p for p in out if p is not None]
 
     def read_range(self, start: int, stop: int) -> list[StoredPacket]:
         rows = self._r.execute(
@@ -277,6 +292,10 @@ class SQLiteStorage:
             return cur.rowcount
 
         purged: int = await self._submit(op)
+        if purged:
+            cutoff = now - retention
+            for index in [i for i, p in self._recent.items() if p.accepted_at < cutoff]:
+                del self._recent[index]
         return purged
 
     async def close(self) -> None:
