@@ -57,9 +57,6 @@ class Publisher:
         return parse_nations(value, self.members, exclude=self.cert.nation)
 
     def publish(self, content: dict[str, Any], *, to: list[str], topic: str, dry_run: bool, as_json: bool) -> None:
-        import asyncio
-
-        from clients.connection import http_publish
         from hub.keyfiles import load_private_keys
         from hub.protocol import envelope
         from hub.protocol.errors import KeyFileError
@@ -87,6 +84,10 @@ class Publisher:
                 click.echo(f"\nWhat {', '.join(to)} will read ({len(raw)} bytes sealed):")
                 click.echo(json.dumps(content, indent=2, ensure_ascii=False))
             return
+        import asyncio
+
+        from clients.connection import http_publish  # aiohttp: imported only when something is sent
+
         result = asyncio.run(http_publish(self.s.need("hub"), raw, self.cert.raw))
         stored = self._record(raw, header, content, result)
         out = {"id": header.packet_id, "index": result["index"], "duplicate": result["duplicate"],

@@ -18,7 +18,6 @@ import json
 import re
 from typing import Any, Final
 
-import iso4217
 import pycountry
 
 from . import codec
@@ -29,6 +28,9 @@ from .entities import (
 )
 from .errors import ValidationError
 from .identifiers import show, type_name
+from .lazy import LazyModule
+
+iso4217: Any = LazyModule("iso4217")
 
 PACKET_TYPES: Final[tuple[str, ...]] = ("alert", "freeze", "amend", "withdraw", "receipt")
 CATEGORIES: Final[tuple[str, ...]] = (

@@ -17,16 +17,19 @@ import re
 import unicodedata
 from typing import Any, Final
 
-import phonenumbers
 import pycountry
-import schwifty
-import stdnum.bitcoin
-import stdnum.imo
-import stdnum.lei
-from schwifty import exceptions as schwifty_errors
-from stdnum import exceptions as stdnum_errors
 
 from .errors import ValidationError
+from .lazy import LazyModule
+
+# Loaded on first use: most packets carry no phone number or IBAN, and the CLI must start fast.
+phonenumbers: Any = LazyModule("phonenumbers")
+schwifty: Any = LazyModule("schwifty")
+schwifty_errors: Any = LazyModule("schwifty.exceptions")
+stdnum_bitcoin: Any = LazyModule("stdnum.bitcoin")
+stdnum_imo: Any = LazyModule("stdnum.imo")
+stdnum_lei: Any = LazyModule("stdnum.lei")
+stdnum_errors: Any = LazyModule("stdnum.exceptions")
 
 IDENTIFIER_TYPES: Final[tuple[str, ...]] = (
     "passport", "national_id", "tax_id", "iban", "bic", "account", "crypto_wallet",
@@ -240,7 +243,7 @@ def _base58check(address: str, versions: tuple[int, ...]) -> bytes | None:
     """The payload of a 25-byte base58check address with an allowed version byte."""
     if not 25 <= len(address) <= 35 or not set(address) <= _BASE58:
         return None
-    raw = stdnum.bitcoin.b58decode(address)
+    raw = stdnum_bitcoin.b58decode(address)
     digest = hashlib.sha256(hashlib.sha256(raw[:-4]).digest()).digest()
     if len(raw) != 25 or raw[0] not in versions or digest[:4] != raw[-4:]:
         return None
@@ -257,10 +260,10 @@ def _segwit(address: str, hrp: str) -> bool:
     alphabet = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
     data = [alphabet.index(c) for c in data_part]
     expanded = [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-    check = stdnum.bitcoin.bech32_checksum(expanded + data)
+    check = stdnum_bitcoin.bech32_checksum(expanded + data)
     version = data[0]
     try:
-        program = stdnum.bitcoin.b32decode(data[1:-6])
+        program = stdnum_bitcoin.b32decode(data[1:-6])
     except stdnum_errors.ValidationError:
         return False
     if version == 0:
@@ -380,8 +383,8 @@ _NORMALIZERS: Final[dict[str, Any]] = {
     "vehicle_registration": _code("registration", min_len=2, max_len=20, ascii_only=False),
     "iban": _iban,
     "bic": _bic,
-    "imo": _stdnum("IMO number", stdnum.imo),
-    "lei": _stdnum("LEI", stdnum.lei),
+    "imo": _stdnum("IMO number", stdnum_imo),
+    "lei": _stdnum("LEI", stdnum_lei),
     "mmsi": _mmsi,
     "email": _email,
     "handle": _handle,
