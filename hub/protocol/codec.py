@@ -46,6 +46,16 @@ def _pairs(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+#: Scalar types a decoded value may hold (rule 1); msgpack's own Timestamp extension is not one.
+_LEAVES: Final = frozenset({str, bytes, int, bool, type(None)})
+
+
+def _bad_type(t: type) -> str:
+    if t is float:
+        return "floating-point numbers are not allowed"
+    return f"type {t.__name__} is not allowed (only nil, bool, int, str, bin, array, map)"
+
+
 def _check_tree(obj: Any, max_depth: int) -> None:
     """Reject floats, non-string or unsorted map keys, and excessive depth (iteratively).
 
@@ -77,8 +87,8 @@ def _check_tree(obj: Any, max_depth: int) -> None:
             ct = type(child)
             if ct is dict or ct is list:
                 push((child, depth + 1))
-            elif ct is float:
-                raise DecodeError("floating-point numbers are not allowed")
+            elif ct not in _LEAVES:
+                raise DecodeError(_bad_type(ct))
 
 
 def decode(
@@ -127,8 +137,8 @@ def decode(
     t = type(obj)
     if t is dict or t is list:
         _check_tree(obj, max_depth)
-    elif t is float:
-        raise DecodeError("floating-point numbers are not allowed")
+    elif t not in _LEAVES:
+        raise DecodeError(_bad_type(t))
     # Shortest-form integers, lengths and str/bin choice: the only encoding of
     # the decoded value must be the input itself.
     if msgpack.packb(obj, use_bin_type=True) != data:
@@ -145,9 +155,10 @@ def decode(
 
 
 def _canon(obj: Any, depth: int) -> Any:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
     t = type(obj)
+    # Depth counts containers only, exactly as decode() does: what decodes also encodes.
+    if (t is dict or t is list or t is tuple) and depth > MAX_DEPTH:
+        raise ValueError(f"nesting deeper than {MAX_DEPTH} levels")
     if t is dict:
         out = {}
         for key in sorted(obj):

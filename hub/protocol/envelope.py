@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final
@@ -134,14 +135,34 @@ def parse_packet_id(text: str) -> bytes:
         raise ValidationError("id", f"{text!r} is not a packet id (a UUID like 0193a1b2-...)") from None
 
 
+_last_ms = 0
+_counter = 0
+
+
 def new_packet_id(now_ms: int) -> bytes:
-    """A UUIDv7: time-ordered, so stores index packets in arrival order."""
-    rand = bytearray(os.urandom(10))
-    b = now_ms.to_bytes(6, "big") + bytes(rand)
-    b = bytearray(b)
-    b[6] = 0x70 | (b[6] & 0x0F)
+    """A UUIDv7 (RFC 9562), strictly increasing within a process (§6.2 method 1, 12-bit counter).
+
+    Time-ordered ids let stores order a record's versions that were signed in the same second.
+    """
+    global _last_ms, _counter
+    if now_ms > _last_ms:
+        _last_ms, _counter = now_ms, int.from_bytes(os.urandom(2), "big") & 0x7FF
+    else:
+        _counter += 1
+        if _counter > 0xFFF:
+            _last_ms, _counter = _last_ms + 1, 0
+    b = bytearray(_last_ms.to_bytes(6, "big") + os.urandom(10))
+    b[6] = 0x70 | (_counter >> 8)
+    b[7] = _counter & 0xFF
     b[8] = 0x80 | (b[8] & 0x3F)
     return bytes(b)
+
+
+def _id_ms(now: int) -> int:
+    # Seconds are the signed clock; the milliseconds come from the wall clock when ``now`` is the
+    # present (so ids sealed by separate processes in one second still sort by sealing time).
+    wall = time.time()
+    return int(wall * 1000) if abs(wall - now) < 1.0 and int(wall) == now else now * 1000
 
 
 def commitment(salt: bytes, content_bytes: bytes) -> bytes:
@@ -263,7 +284,7 @@ def seal(
         raise ValidationError("to", "one node certificate per recipient nation is needed")
     if not 0 < lifetime <= MAX_LIFETIME:
         raise ValidationError("lifetime", f"must be 1-{MAX_LIFETIME} seconds")
-    pid = packet_id or new_packet_id(now * 1000)
+    pid = packet_id or new_packet_id(_id_ms(now))
     sender = {"nation": signer_cert.nation, "cert": signer_cert.fp}
     salt = os.urandom(32)
     content_bytes = codec.encode(content)
