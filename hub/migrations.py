@@ -13,10 +13,16 @@ from collections.abc import Sequence
 from hub.protocol.errors import StoreError
 
 
-def migrate(conn: sqlite3.Connection, migrations: Sequence[str], name: str) -> int:
-    """Bring ``conn`` to the latest version; returns it. Runs each step in its own transaction."""
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-    row = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str], name: str, table: str = "schema_migrations") -> int:
+    """Bring ``conn`` to the latest version; returns it. Runs each step in its own transaction.
+
+    ``table`` records the versions applied: several independent schemas can share one file
+    (the node store and the log watcher's tables), each with its own table.
+    """
+    if not table.isidentifier():
+        raise StoreError(f"{name} database: {table!r} is not a valid table name")
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+    row = conn.execute(f"SELECT MAX(version) FROM {table}").fetchone()
     current = row[0] or 0
     if current > len(migrations):
         raise StoreError(f"{name} database is at schema version {current}, newer than this intelhub ({len(migrations)}); upgrade intelhub")
@@ -26,7 +32,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[str], name: str) -> i
             conn.execute("BEGIN IMMEDIATE")
             for statement in _statements(script):
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", (version,))
+            conn.execute(f"INSERT INTO {table} VALUES (?, datetime('now'))", (version,))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.execute("ROLLBACK")

@@ -22,6 +22,7 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
     "status": ("clients.cli.officer", "status", "Receipts per recipient nation, and log status, of your packet."),
     "keys": ("clients.cli.keys", "keys", "Create a federation, issue and revoke certificates, show fingerprints."),
     "packet": ("clients.cli.packet", "packet", "Seal, open and verify packet files offline."),
+    "audit": ("clients.cli.auditor", "audit", "Verify packets, stores and evidence bundles; prove completeness (auditors)."),
     "hub": ("clients.cli.hubcmd", "hub", "Run the hub: the authenticated, durable relay (hub operator)."),
     "node": ("clients.cli.node", "node", "Run a national node and look after its store (node operator)."),
     "search": ("clients.cli.node", "search", "Find entities by name across scripts and spellings."),

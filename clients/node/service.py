@@ -34,6 +34,7 @@ from .config import NodeConfig
 from .filters import FilterSet
 from .sinks import SinkRunner, sinks_from_config
 from .store import NodeStore
+from .watch import LogWatcher
 
 log = logging.getLogger("intelhub.node")
 T = TypeVar("T")
@@ -134,6 +135,9 @@ class NodeService:
                                 roster_fp=self.me.trust.roster.fp, hub_name=self.me.trust.roster.hub_name,
                                 window=config.window, ssl_context=self.me.ssl_context(config))
         self.crypto = ThreadPoolExecutor(2, thread_name_prefix="node-crypto")
+        # Watches the hub's log: inclusion of every packet, consistent checkpoints, cosignatures.
+        self.watcher = LogWatcher(config.store, self.me.trust, nation=self.me.nation, signing=self.me.signing,
+                                  cert=self.me.cert, ssl_context=self.me.ssl_context(config))
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""))
@@ -145,6 +149,12 @@ class NodeService:
 
     async def handle(self, d: Delivery) -> str:
         """Process one delivery to the point where it may be acknowledged; returns what happened."""
+        what = await self._handle(d)
+        # Every delivery, quarantined ones too, is a leaf the hub says it logged: check its inclusion.
+        self.watcher.on_delivery(d.index, d.packet, d.proof)
+        return what
+
+    async def _handle(self, d: Delivery) -> str:
         received = self.now()
         try:
             if d.cert is not None:
@@ -226,12 +236,29 @@ class NodeService:
                 delay = min(delay * 2, 30)
         return False
 
+    async def _notices(self) -> None:
+        """Checkpoints the hub pushes: verified, compared with the last, cosigned by the watcher."""
+        while True:
+            kind, data = await self.client.notices.get()
+            if kind == "checkpoint":
+                try:
+                    self.watcher.on_checkpoint(data)
+                except IntelhubError as exc:
+                    log.error("checkpoint from the hub refused: %s", exc)
+
     # -- the service ---------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
+        import aiohttp
+
         stop = stop or asyncio.Event()
+        # Packets stored before the watcher saw them (a crash between commit and watch): paged, on a thread.
+        await asyncio.get_running_loop().run_in_executor(None, self.watcher.backfill, self.st.store.raw_packets())
         await self.client.start()
         runner_task = asyncio.create_task(self.runner.run()) if self.runner else None
+        http = aiohttp.ClientSession()
+        watch_task = asyncio.create_task(self.watcher.run(http, self.config.hub, post=self.client.post, stop=stop))
+        notices_task = asyncio.create_task(self._notices())
         try:
             await self.client.wait_connected(timeout=60)
             for s in self.config.subscriptions:
@@ -252,6 +279,11 @@ class NodeService:
                 await self.client.ack(d.sub, d.index)
             stopper.cancel()
         finally:
+            notices_task.cancel()
+            watch_task.cancel()
+            await asyncio.gather(notices_task, watch_task, return_exceptions=True)
+            await http.close()
+            self.watcher.close()
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=10)
             if self.runner:

@@ -116,7 +116,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=request.app[RELAY].metrics.render(), content_type="text/plain")
 
 
-def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay) -> web.Application:
+def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_factory: Any = None) -> web.Application:
     app = web.Application(client_max_size=frames.MAX_FRAME)
     app[CONFIG] = config
     app[SESSIONS] = weakref.WeakSet()
@@ -133,7 +133,7 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay) -> web.
         relay.load_directory()
         from .log import HubLog
 
-        relay.hub_log = HubLog(relay, keys.signing)
+        relay.hub_log = (log_factory or HubLog)(relay, keys.signing, sessions=app[SESSIONS])
         app[RELAY] = relay
         tasks = [asyncio.create_task(relay.hub_log.run()), asyncio.create_task(_purge_loop(relay))]
         try:

@@ -196,7 +196,7 @@ class Relay:
             raise reject("conflict", f"a different packet was already accepted under id {h.packet_id}")
         if not result.duplicate:
             self.wake(h.nations)
-        promise = self.hub_log.promise(item, result) if self.hub_log else None
+        promise = await self.hub_log.promise(item, result) if self.hub_log else None
         return Accepted(result.index, h.id, result.duplicate, result.accepted_at, promise)
 
     # -- delivery wake-ups ----------------------------------------------------------

@@ -177,7 +177,7 @@ class Session:
             if c is not None:
                 cert = c.raw
                 self.sent_certs.add(p.signer)
-        proof = self.relay.hub_log.delivery_proof(p.index) if self.relay.hub_log else None
+        proof = self.relay.hub_log.delivery_proof(p.index, p.accepted_at) if self.relay.hub_log else None
         await self.send("deliver", sub=sub, index=p.index, packet=p.raw, cert=cert, proof=proof)
         self.relay.metrics.delivered.inc()
 
@@ -317,14 +317,18 @@ class Session:
 
     async def _post(self, f: dict[str, Any]) -> None:
         kind = f["kind"]
-        if kind == "revocations":
-            await self.relay.learn_revocations(f["data"])
-        elif kind == "cert":
-            await self.relay.learn_certificate(f["data"])
-        elif kind == "cosignature" and self.relay.hub_log is not None:
-            await self.relay.hub_log.add_cosignature(self.nation, f["data"])
-        else:
-            raise reject("bad_frame", f"unknown post kind {kind!r}")
+        try:
+            if kind == "revocations":
+                await self.relay.learn_revocations(f["data"])
+            elif kind == "cert":
+                await self.relay.learn_certificate(f["data"])
+            elif kind == "cosignature" and self.relay.hub_log is not None:
+                await self.relay.hub_log.add_cosignature(self.nation, f["data"])
+            else:
+                raise reject("bad_frame", f"unknown post kind {kind!r}")
+        except ProtocolError as exc:  # answered with the rid, so the poster's request fails at once
+            await self.send_error(exc.code, str(exc), f["rid"])
+            return
         await self.send("ok", rid=f["rid"])
 
     def drop_feed(self, name: str) -> None:

@@ -251,6 +251,11 @@ class SQLiteStorage:
         ).fetchall()
         return [_row(r) for r in rows]
 
+    def read_leaves(self, start: int, stop: int) -> list[tuple[int, bytes, int]]:
+        """(log index, header, accepted_at) of [start, stop): the log's leaves, without packet bodies."""
+        return self._r.execute("SELECT log_index, header, accepted_at FROM packets WHERE log_index >= ? "
+                               "AND log_index < ? ORDER BY log_index", (start, stop)).fetchall()
+
     def get(self, packet_id: bytes) -> StoredPacket | None:
         r = self._r.execute(f"SELECT {_COLS} FROM packets WHERE packet_id = ?", (packet_id,)).fetchone()
         return _row(r) if r else None

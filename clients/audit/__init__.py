@@ -1,0 +1,1 @@
+"""Accountability tools: the log's formats as readers see them, the log client, completeness, verification, bundles."""
