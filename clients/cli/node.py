@@ -209,8 +209,8 @@ def freezes(active_only: bool, withdrawn: bool, as_json: bool, **kw: Any) -> Non
     out = []
     for f in rows:
         for a in f.get("assets", []):
-            out.append((f.get("reference"), f.get("status"), f.get("subject_name", ""), a.get("kind"),
-                        a.get("value") or a.get("description") or "", f"{a.get('amount') or ''} {a.get('currency') or ''}".strip(),
-                        a.get("status"), f.get("packet_id")))
+            out.append((f.get("reference"), f.get("status"), f.get("subject") or "", a.get("kind"),
+                        a.get("id_value") or a.get("description") or "",
+                        f"{a.get('amount') or ''} {a.get('currency') or ''}".strip(), a.get("status"), f.get("packet_id")))
     click.echo(table(out, ["reference", "notice", "subject", "asset", "identifier", "amount", "asset status", "record"])
                if out else "no freeze notices")

@@ -372,9 +372,9 @@ def _follow_up(s: Settings, ref: str, content: dict[str, Any], to: str | None, t
     orig = pub.original(ref)
     if orig is None and not to:
         raise click.UsageError(f"{ref} is not in your node store; give --to (and --topic) for the follow-up")
-    if orig is not None and orig.get("sender") not in (None, pub.cert.nation):
+    if orig is not None and orig.get("direction") != "sent" and orig.get("sender") != pub.cert.nation:
         raise click.UsageError(f"{ref} was sent by {orig.get('sender')}; only the originator may amend or withdraw it")
-    nations = pub.recipients(to) if to else [n for n in orig.get("to", []) if n != pub.cert.nation]  # type: ignore[union-attr]
+    nations = pub.recipients(to) if to else [n for n in (orig or {}).get("recipients", []) if n != pub.cert.nation]
     if not nations:
         raise click.UsageError(f"cannot tell who received {ref}; give --to")
     pub.publish(content, to=nations, topic=topic or default_topic(content, orig.get("topic") if orig else None),
@@ -400,8 +400,9 @@ def status(packet_id: str, watch: bool, interval: float, timeout: float, as_json
     try:
         while True:
             rec = st.show(packet_id)
-            if rec is None:
-                raise click.BadParameter(f"{packet_id} is not in your node store", param_hint="PACKET_ID")
+            if rec is None or rec.get("direction") != "sent":
+                raise click.BadParameter(f"{packet_id} is not a packet your nation sent (not in {s.need('store')})",
+                                         param_hint="PACKET_ID")
             rows = _status_rows(rec, st.receipts_for(packet_id))
             complete = all(r["delivered"] and r["processed"] for r in rows)
             if not watch or complete or time.monotonic() > deadline:
@@ -409,16 +410,40 @@ def status(packet_id: str, watch: bool, interval: float, timeout: float, as_json
             time.sleep(interval)
     finally:
         st.close()
+    log_state = _log_state(s.need("store"), packet_id)
     if as_json:
-        emit_json({"id": packet_id, "log_index": rec.get("log_index"), "log": rec.get("log"), "recipients": rows})
+        emit_json({"id": packet_id, "log_index": rec.get("log_index"), "log": log_state, "recipients": rows})
         return
-    click.echo(f"{packet_id}: log index {rec.get('log_index')}, {rec.get('log') or 'log inclusion not yet verified'}")
+    click.echo(f"{packet_id}: log index {rec.get('log_index')}; {log_state}")
     click.echo(table([(r["nation"], r["delivered"] or "-", r["processed"] or "-") for r in rows],
                      ["nation", "delivered", "processed"]))
 
 
+def _log_state(store: str, packet_id: str) -> str:
+    """What the node's log watcher established about the hub's promise to log this packet."""
+    import sqlite3
+
+    from clients.audit import logdb
+
+    try:
+        conn = logdb.connect(store, readonly=True)
+    except (sqlite3.Error, OSError):
+        return "log inclusion not yet checked"
+    try:
+        if not logdb.has_log_tables(conn):
+            return "log inclusion not yet checked (is the node running?)"
+        row = conn.execute("SELECT status, detail FROM log_promises WHERE packet_id = ?", (packet_id,)).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        return "log inclusion not yet checked"
+    return {"kept": "log inclusion verified (the hub kept its signed promise)",
+            "pending": "log inclusion pending (promise not yet due or not yet checked)",
+            "broken": f"LOG PROMISE BROKEN: {row[1]}", "invalid": f"INVALID PROMISE: {row[1]}"}.get(row[0], row[0])
+
+
 def _status_rows(rec: dict[str, Any], receipts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    nations = [n for n in rec.get("to", [])] or sorted({r["nation"] for r in receipts})
+    nations = list(rec.get("recipients", [])) or sorted({r["nation"] for r in receipts})
     rows = {n: {"nation": n, "delivered": None, "processed": None} for n in nations}
     for r in receipts:
         row = rows.setdefault(r["nation"], {"nation": r["nation"], "delivered": None, "processed": None})

@@ -40,9 +40,6 @@ from hub.protocol.identifiers import (
 POSTINGS_CAP: Final[int] = 1000  # rows read per key: a common given name cannot blow the budget
 CANDIDATES_CAP: Final[int] = 300  # names scored per query
 FILTER_FACTOR: Final[int] = 4  # with a filter, read and fetch this many times more candidates
-PREFIX_CAP: Final[int] = 100  # names read per word prefix (see _prefixes)
-PREFIX_WORDS: Final[int] = 2
-PREFIX_LEN: Final[int] = 4
 LOOKUP_LIMIT: Final[int] = 200
 MIN_PREFIX: Final[int] = 2
 _KIND_WEIGHT: Final = {"spelling": 4.0, "pair": 2.0, "skeleton": 1.0}
@@ -140,21 +137,6 @@ def _blocking(conn: sqlite3.Connection, keys: list[str], cap: int, want: int) ->
     return [i for _, _, i in heapq.nsmallest(want, ranked)]
 
 
-def _prefixes(conn: sqlite3.Connection, query: str, cap: int) -> list[int]:
-    """Names sharing the first letters of one of the query's longer words (FTS5 prefix query).
-
-    Blocking keys are exact skeletons, so a typo in a rare surname ("Anurson" typed
-    "Anruson") leaves only the common given name's key, whose capped postings rarely hold
-    the one name wanted. A typo seldom hits the first letters: their prefix finds it.
-    """
-    words = sorted({t for t in names.name_tokens(query) if len(t) >= 5}, key=lambda t: (-len(t), t))
-    out: list[int] = []
-    for word in words[:PREFIX_WORDS]:
-        out += [r[0] for r in conn.execute("SELECT rowid FROM names_fts WHERE names_fts MATCH ? LIMIT ?",
-                                           (f'normalized : "{word[:PREFIX_LEN]}"*', cap))]
-    return out
-
-
 def _fts_query(query: str) -> str:
     """User words as an FTS5 expression: each word quoted (no operator injection), ``*`` kept."""
     terms = []
@@ -183,7 +165,6 @@ def search(conn: sqlite3.Connection, query: str, *, schema: str | None = None,
     full_text = "*" in query or query.lstrip().startswith('"')
     plain = query.replace("*", " ").replace('"', " ")
     factor = FILTER_FACTOR if selective else 1
-    extra: list[int] = []
     if full_text:
         expr = _fts_query(query)
         # Rowid order, no ORDER BY rank: a short prefix may match a million names, and
@@ -197,18 +178,14 @@ def search(conn: sqlite3.Connection, query: str, *, schema: str | None = None,
         # A filter is applied to the candidates, so read more of them: a selective filter
         # (one country of many) still leaves enough to score, at a bounded cost.
         ids = _blocking(conn, keys, POSTINGS_CAP * factor, CANDIDATES_CAP * factor)
-        extra = _prefixes(conn, plain, PREFIX_CAP * factor)
-    if not ids and not extra:
+    if not ids:
         return []
-    wanted = list(dict.fromkeys([*ids, *extra]))
     found = conn.execute(
         f"SELECT n.id, n.name, n.entity, r.received_at FROM names n JOIN entities e ON e.id = n.entity "
-        f"JOIN records r ON r.id = e.record WHERE n.id IN ({','.join('?' * len(wanted))}) AND {where}",
-        [*wanted, *params]).fetchall()
-    # Blocking's best CANDIDATES_CAP that pass the filters, and every prefix candidate.
-    order = {nid: i for i, nid in enumerate(ids)}
-    rows = sorted((r for r in found if r[0] in order), key=lambda r: order[r[0]])[:CANDIDATES_CAP]
-    rows += [r for r in found if r[0] not in order]
+        f"JOIN records r ON r.id = e.record WHERE n.id IN ({','.join('?' * len(ids))}) AND {where}",
+        [*ids, *params]).fetchall()
+    order = {nid: i for i, nid in enumerate(ids)}  # blocking's ranking: keep its best CANDIDATES_CAP
+    rows = sorted(found, key=lambda r: order[r[0]])[:CANDIDATES_CAP]
     q = names.prepare(plain)
     scores: dict[str, float] = {}  # homonyms are common: score each distinct spelling once
     best: dict[int, tuple[float, int, str]] = {}
@@ -407,5 +384,6 @@ def stats(db: sqlite_utils.Database) -> dict[str, Any]:
         "entities": count("FROM entities"), "names": count("FROM names"),
         "identifiers": count("FROM identifiers"), "quarantined": count("FROM quarantine"),
         "dropped": count("FROM packets WHERE action = 'drop'"), "receipts": count("FROM receipts"),
-        "sent": count("FROM sent"), "outbox": count("FROM outbox"),
+        "sent": count("FROM sent"), "receipts_sent": count("FROM sent WHERE type = 'receipt'"),
+        "outbox": count("FROM outbox"),
     }

@@ -137,7 +137,7 @@ class NodeService:
         self.crypto = ThreadPoolExecutor(2, thread_name_prefix="node-crypto")
         # Watches the hub's log: inclusion of every packet, consistent checkpoints, cosignatures.
         self.watcher = LogWatcher(config.store, self.me.trust, nation=self.me.nation, signing=self.me.signing,
-                                  cert=self.me.cert, ssl_context=self.me.ssl_context(config))
+                                  cert=self.me.cert, ssl_context=self.me.ssl_context(config), pin_interval=10.0)
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""))
