@@ -23,6 +23,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/crypto.py
+	$(BIN)/python bench/cli.py
+	$(BIN)/python bench/log.py
+	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/store.py --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -109,8 +109,9 @@ class Federation:
         """Run `intelhub ARGS` as ``nation``'s officer/analyst; print the command and its output."""
         env = {**os.environ, "PYTHONPATH": str(ROOT), "INTELHUB_CONFIG": str(self.dir / nation / "officer.toml")}
         cmd = ["intelhub", *args] + (["--json"] if json_out else [])
-        if show:
-            self.say(f"\n  [{nation}] $ {' '.join(_quote(a) for a in cmd)}")
+        if show:  # paths shown relative to the repository, as a person would type them
+            shown = " ".join(_quote(a.replace(f"{ROOT}/", "")) for a in cmd)
+            self.say(f"\n  [{nation}] $ {shown}")
         r = subprocess.run([sys.executable, "-m", "clients", *cmd[1:]], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
         if r.returncode != 0 and (check or not r.stdout.strip()):

@@ -171,9 +171,18 @@ def lookup(kind_or_value: str, value: str | None, country: str | None, withdrawn
     if not rows:
         click.echo(f"no record holds {val!r}")
         return
-    click.echo(table([(r.get("kind"), r.get("value"), r.get("schema"), r.get("name") or "", r.get("sender"),
-                       r.get("status"), r.get("packet_id")) for r in rows],
-                     ["kind", "value", "entity", "name", "from", "status", "record"]))
+    def held_by(r: dict[str, Any]) -> str:
+        if r.get("entity"):
+            e = r["entity"]
+            return f"{e.get('caption') or ''} ({e.get('schema')})"
+        if r.get("asset"):
+            a = r["asset"]
+            return f"frozen asset {a.get('id')}: {a.get('amount') or ''} {a.get('currency') or ''} ({a.get('status')})"
+        return ""
+
+    click.echo(table([(r.get("kind"), r.get("value"), r.get("type"), held_by(r), r.get("sender"), r.get("status"),
+                       r.get("packet_id")) for r in rows],
+                     ["kind", "value", "in", "held by", "from", "record status", "record"]))
 
 
 @click.command("show")

@@ -395,6 +395,9 @@ def status(packet_id: str, watch: bool, interval: float, timeout: float, as_json
 
     parse_packet_id(packet_id)
     s = resolve(kw)
+    if not Path(s.need("store")).exists():
+        raise click.BadParameter(f"{s.need('store')} does not exist (is this your national node's store?)",
+                                 param_hint="--store")
     st = NodeStore(s.need("store"))
     deadline = time.monotonic() + timeout
     try:
