@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo bench clean soak
+.PHONY: test demo bench clean soak fuzz
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/log.py
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/store.py --quick
+
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --seconds 180
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

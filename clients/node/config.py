@@ -7,11 +7,13 @@ document, so a bad rule fails at start with a message naming it.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from hub.confpath import config_path, exists
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
@@ -56,7 +58,7 @@ def _unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
 def parse_node_config(text: str, path: Path) -> NodeConfig:
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: e.g. an integer of 5000 digits
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     _unknown(doc, _TOP, str(path.name))
     node = doc.get("node")
@@ -72,13 +74,13 @@ def parse_node_config(text: str, path: Path) -> NodeConfig:
         return v
 
     def p(key: str, must_exist: bool = True) -> Path:
-        v = (base / req(key)).resolve()
-        if must_exist and not v.exists():
+        v = config_path(base, req(key), f"node.{key}")
+        if must_exist and not exists(v, f"node.{key}"):
             raise ConfigError(f"node.{key}: {v} does not exist")
         return v
 
     nation = req("nation").upper()
-    if len(nation) != 2 or not nation.isalpha():
+    if not re.fullmatch("[A-Z]{2}", nation):
         raise ConfigError(f"node.nation: {nation!r} is not a nation code (e.g. FR)")
     hub = req("hub")
     if not hub.startswith(("http://", "https://")):
@@ -86,7 +88,7 @@ def parse_node_config(text: str, path: Path) -> NodeConfig:
     if hub.startswith("http://") and not any(h in hub for h in ("//127.0.0.1", "//localhost", "//[::1]")):
         raise ConfigError("node.hub: plain http is only allowed to 127.0.0.1; use https://")
     store = p("store", must_exist=False)
-    if not store.parent.exists():
+    if not exists(store.parent, "node.store", kind="dir"):
         raise ConfigError(f"node.store: directory {store.parent} does not exist")
     ca = node.get("ca_file")
     ca_file = None if ca is None else p("ca_file")

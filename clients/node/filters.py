@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, NoReturn
 
 from clients.node.names import MATCH_THRESHOLD, MAX_NAME_CHARS, PreparedName, key_kind, prepare, query_keys, score
+from hub.confpath import config_path
 from hub.protocol.content import CATEGORIES, PACKET_TYPES, SEVERITIES, TLP_LEVELS, entities_of, identifiers_of
 from hub.protocol.entities import SCHEMAS
 from hub.protocol.envelope import Header
@@ -461,7 +462,7 @@ def _load_watchlist(name: str, table: dict[str, Any], base: Path) -> IdentifierW
     threshold = r.number("threshold")
     if threshold is not None and kind != "names":
         r.fail("threshold: only name watch lists have a threshold")
-    path = (base / str(raw_path)).resolve()
+    path = config_path(base, str(raw_path), f"{where}: path")
     lines = _read_lines(path, where)
     if kind == "identifiers":
         return IdentifierWatchList(name, path, _identifier_keys(lines, path, where))

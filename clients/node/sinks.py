@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from hub.confpath import config_path, exists
 from hub.protocol.errors import ConfigError
 
 __all__ = ["JsonlSink", "Outbox", "OutboxItem", "Outcome", "PARKED_RETRY_AT", "Sink", "SinkRunner",
@@ -456,7 +457,7 @@ def _sink(name: str, table: object, base: Path) -> Sink:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: expected a table")
     kind = table.get("type")
-    if kind not in _FIELDS:
+    if not isinstance(kind, str) or kind not in _FIELDS:
         raise ConfigError(f'{where}: type: must be "jsonl" or "webhook", not {kind!r}')
     allowed = _FIELDS[kind] | {"type", "description", "max_attempts", "max_backoff"}
     for key in table:
@@ -471,7 +472,7 @@ def _sink(name: str, table: object, base: Path) -> Sink:
         return value
 
     def path(key: str) -> Path:
-        return (base / get(key, str, "", "a file path")).resolve()
+        return config_path(base, get(key, str, "", "a file path"), f"{where}: {key}")
 
     get("description", str, "", "a string")
     max_attempts: int = get("max_attempts", int, DEFAULT_MAX_ATTEMPTS, "a whole number")
@@ -482,17 +483,22 @@ def _sink(name: str, table: object, base: Path) -> Sink:
         raise ConfigError(f"{where}: max_backoff: must be 1-86400 seconds")
     if kind == "jsonl":
         file = path("path")
-        if "path" not in table or file.is_dir() or not file.parent.is_dir():
+        if "path" not in table or exists(file, f"{where}: path", kind="dir") \
+                or not exists(file.parent, f"{where}: path", kind="dir"):
             raise ConfigError(f"{where}: path: {file} must be a file in an existing directory")
         return JsonlSink(name, file, max_attempts=max_attempts, max_backoff=max_backoff)
     url = get("url", str, "", "an http(s) URL")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:
+        raise ConfigError(f"{where}: url: {url[:80]!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise ConfigError(f"{where}: url: {url!r} is not an http:// or https:// URL")
     if parts.username or parts.password:
         raise ConfigError(f"{where}: url: put credentials in headers (e.g. Authorization), not in the URL")
     insecure = get("allow_insecure", bool, False, "true or false")
-    if parts.scheme == "http" and not insecure and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not insecure and not _loopback(hostname):
         raise ConfigError(f"{where}: url: plain http is only allowed to loopback; use https, "
                           "or set allow_insecure = true on a network you trust")
     headers = get("headers", dict, {}, "a table of header names to strings")
@@ -506,7 +512,7 @@ def _sink(name: str, table: object, base: Path) -> Sink:
     if "ca_file" in table:
         try:
             context = ssl.create_default_context(cafile=str(path("ca_file")))
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ValueError, ssl.SSLError) as exc:
             raise ConfigError(f"{where}: ca_file: cannot load {path('ca_file')} ({exc})") from None
     return WebhookSink(name, url, headers, timeout, ssl_context=context, max_attempts=max_attempts,
                        max_backoff=max_backoff)

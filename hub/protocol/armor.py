@@ -35,6 +35,8 @@ def dearmor(kind: str, data: bytes, source: str = "input") -> bytes:
     except UnicodeDecodeError:
         raise KeyFileError(f"{source}: armored file is not ASCII text") from None
     lines = text.splitlines()
+    if _BEGIN.format(kind) not in lines:
+        raise KeyFileError(f"{source}: the '{_BEGIN.format(kind)}' line must stand on a line of its own")
     start = lines.index(_BEGIN.format(kind))
     try:
         stop = lines.index(_END.format(kind), start)

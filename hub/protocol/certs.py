@@ -88,7 +88,7 @@ class Certificate:
             if set(d) != want:
                 extra, missing = sorted(set(d) - want), sorted(want - set(d))
                 raise ValidationError("certificate.tbs", f"unknown field {extra[0]!r}" if extra else f"missing field {missing[0]!r}")
-            if d["v"] != 1 or d["kind"] != "cert":
+            if type(d["v"]) is not int or d["v"] != 1 or d["kind"] != "cert":
                 raise ValidationError("certificate.tbs", "not a version 1 certificate")
             if role not in ROLES:
                 raise ValidationError("certificate.tbs.role", f"{role!r} is not one of {', '.join(ROLES)}")
@@ -110,10 +110,11 @@ class Certificate:
             nb, na = check_time(d["not_before"], "certificate.tbs.not_before"), check_time(d["not_after"], "certificate.tbs.not_after")
             if na <= nb:
                 raise ValidationError("certificate.tbs.not_after", "must be after not_before")
+            nation = check_nation(d["nation"], "certificate.tbs.nation")
         except ValidationError as exc:
             raise DecodeError(str(exc)) from None
         return cls(
-            raw, tbs, outer["sig"], fingerprint(tbs), d["serial"], check_nation(d["nation"], "certificate.tbs.nation"),
+            raw, tbs, outer["sig"], fingerprint(tbs), d["serial"], nation,
             d["subject"], role, signing, kem, nb, na, d["issuer"],
         )
 

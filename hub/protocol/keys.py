@@ -17,7 +17,11 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from cryptography.exceptions import InvalidSignature
+import base64
+import binascii
+import os
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa, mlkem, x25519
 
@@ -248,18 +252,23 @@ class PrivateKeys:
         """PEM text; ``passphrase=None`` is allowed only with an EXAMPLE ONLY comment."""
         if passphrase is None and not any(EXAMPLE_MARKER in c for c in comments):
             raise KeyFileError("refusing to write an unencrypted private key that is not marked EXAMPLE ONLY")
-        enc: serialization.KeySerializationEncryption = (
-            serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-        )
         parts = [f"# {c}\n" for c in comments]
+        enc: serialization.KeySerializationEncryption = serialization.NoEncryption()
+        if passphrase:
+            # PKCS#8's own PBKDF2 is cheap to brute-force (2048 rounds); the PKCS#8 password is
+            # therefore a scrypt stretch of the passphrase, with the parameters on a line of the file.
+            salt = os.urandom(16)
+            parts.append(f"{_KDF_LABEL}scrypt {SCRYPT_LOG_N} {SCRYPT_R} {SCRYPT_P} {base64.b64encode(salt).decode()}\n")
+            enc = serialization.BestAvailableEncryption(_stretch(passphrase, salt, SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P))
         for label, key in self.components().items():
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc)
             parts.append(f"{_LABEL}{label}\n{pem.decode()}")
         return "".join(parts)
 
 
-def _split_blocks(text: str, source: str) -> tuple[bool, list[tuple[str, bytes]]]:
+def _split_blocks(text: str, source: str) -> tuple[bool, list[tuple[str, bytes]], str | None]:
     example = False
+    kdf: str | None = None
     blocks: list[tuple[str, bytes]] = []
     label: str | None = None
     buf: list[str] | None = None
@@ -273,6 +282,8 @@ def _split_blocks(text: str, source: str) -> tuple[bool, list[tuple[str, bytes]]
                 label, buf = None, None
         elif line.startswith("#"):
             example = example or EXAMPLE_MARKER in line
+        elif line.startswith(_KDF_LABEL):
+            kdf = line
         elif line.startswith(_LABEL):
             label = line[len(_LABEL) :].strip()
             if label not in _TYPES:
@@ -283,15 +294,90 @@ def _split_blocks(text: str, source: str) -> tuple[bool, list[tuple[str, bytes]]
             raise KeyFileError(f"{source}: unexpected line {line[:40]!r}")
     if buf is not None:
         raise KeyFileError(f"{source}: PEM block not terminated (file truncated?)")
-    return example, blocks
+    return example, blocks, kdf
+
+
+#: scrypt parameters for new key files (about 0.1 s and 32 MiB to try one passphrase).
+SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P = 15, 8, 1
+_KDF_LABEL: Final = "intelhub-kdf: "
+
+
+def _stretch(passphrase: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+    return base64.b64encode(Scrypt(salt=salt, length=32, n=1 << log_n, r=r, p=p).derive(passphrase))
+
+
+def _parse_kdf(line: str, source: str) -> tuple[bytes, int, int, int]:
+    parts = line[len(_KDF_LABEL):].split()
+    try:
+        if len(parts) != 5 or parts[0] != "scrypt":
+            raise ValueError
+        log_n, r, p = int(parts[1]), int(parts[2]), int(parts[3])
+        salt = base64.b64decode(parts[4], validate=True)
+    except (ValueError, binascii.Error):
+        raise KeyFileError(f"{source}: bad '{_KDF_LABEL.strip()}' line (expected: scrypt LOG_N R P SALT)") from None
+    # Bounded, so a hostile file cannot make loading take hours or exhaust memory.
+    if not (10 <= log_n <= 20 and 1 <= r <= 16 and 1 <= p <= 4 and 8 <= len(salt) <= 64):
+        raise KeyFileError(f"{source}: scrypt parameters out of the accepted range")
+    return salt, log_n, r, p
+
+
+#: Most PBKDF2 rounds accepted when reading: the count comes from the file, so a hostile file could
+#: otherwise make loading take hours (or crash the KDF with a count over 2**32).
+MAX_KDF_ROUNDS: Final[int] = 10_000_000
+
+
+def _der(data: bytes, pos: int) -> tuple[int, int, int]:
+    """One DER TLV at ``pos``: (tag, start of value, end of value). Only what PKCS#8 needs."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        n = length & 0x7F
+        if n == 0 or n > 4 or pos + n > len(data):
+            raise ValueError("bad length")
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    if pos + length > len(data):
+        raise ValueError("truncated")
+    return tag, pos, pos + length
+
+
+def _check_kdf_rounds(pem: bytes, what: str) -> None:
+    """Refuse a PBES2/PBKDF2 iteration count above MAX_KDF_ROUNDS before any key derivation."""
+    try:
+        body = b"".join(pem.strip().splitlines()[1:-1])
+        der = base64.b64decode(body, validate=True)
+        # EncryptedPrivateKeyInfo{ AlgorithmIdentifier{ PBES2, PBES2-params{ KDF{ PBKDF2, params{salt, count ...
+        _, p, _ = _der(der, 0)              # outer SEQUENCE
+        _, p, _ = _der(der, p)              # encryptionAlgorithm SEQUENCE
+        _, o, oe = _der(der, p)             # algorithm OID
+        _, p, _ = _der(der, oe)             # PBES2-params SEQUENCE
+        _, p, _ = _der(der, p)              # keyDerivationFunc SEQUENCE
+        _, o, oe = _der(der, p)             # KDF OID
+        _, p, _ = _der(der, oe)             # PBKDF2-params SEQUENCE
+        _, s0, se = _der(der, p)            # salt
+        tag, c0, ce = _der(der, se)         # iterationCount
+    except (ValueError, binascii.Error):
+        raise KeyFileError(f"{what}: not a PKCS#8 encrypted key this version can read") from None
+    if tag != 0x02 or ce - c0 > 8:
+        raise KeyFileError(f"{what}: unexpected key-derivation parameters")
+    rounds = int.from_bytes(der[c0:ce], "big")
+    if rounds > MAX_KDF_ROUNDS:
+        raise KeyFileError(f"{what}: key derivation asks for {rounds} rounds (over {MAX_KDF_ROUNDS}); refusing")
 
 
 def parse_private_keys(text: str, passphrase: bytes | None, source: str = "key file") -> PrivateKeys:
     """Parse a private key file's text, decrypting each block with ``passphrase``."""
     path = source
-    example, blocks = _split_blocks(text, str(path))
+    example, blocks, kdf = _split_blocks(text, str(path))
     if not blocks:
         raise KeyFileError(f"{path}: no private keys in file")
+    password = passphrase
+    if kdf is not None and passphrase:
+        password = _stretch(passphrase, *_parse_kdf(kdf, path))
     found: dict[str, Any] = {}
     for label, pem in blocks:
         encrypted = b"ENCRYPTED PRIVATE KEY" in pem
@@ -302,9 +388,11 @@ def parse_private_keys(text: str, passphrase: bytes | None, source: str = "key f
             )
         if encrypted and not passphrase:
             raise KeyFileError(f"{path}: key is encrypted; give the passphrase (prompt or $INTELHUB_PASSPHRASE)")
+        if encrypted:
+            _check_kdf_rounds(pem, f"{path}: {label}")
         try:
-            key = serialization.load_pem_private_key(pem, password=passphrase if encrypted else None)
-        except (ValueError, TypeError):
+            key = serialization.load_pem_private_key(pem, password=password if encrypted else None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise KeyFileError(f"{path}: cannot decrypt {label} (wrong passphrase or damaged file)") from None
         if not isinstance(key, _TYPES[label]):
             raise KeyFileError(f"{path}: {label} holds a {type(key).__name__}, not the expected key type")

@@ -64,7 +64,7 @@ class Roster:
                 {"v", "kind", "federation", "serial", "issued", "nations", "hub", "suites"},
                 "roster.tbs",
             )
-            if d["v"] != 1 or d["kind"] != "roster":
+            if type(d["v"]) is not int or d["v"] != 1 or d["kind"] != "roster":
                 raise ValidationError("roster.tbs", "not a version 1 roster")
             if type(d["federation"]) is not str or not 0 < len(d["federation"]) <= 128:
                 raise ValidationError("roster.tbs.federation", "must be a name of 1-128 characters")
@@ -86,7 +86,8 @@ class Roster:
             if type(hub["name"]) is not str or not SUBJECT_RE.fullmatch(hub["name"]):
                 raise ValidationError("roster.tbs.hub.name", "must be 1-64 of a-z 0-9 . _ @ -")
             suites = d["suites"]
-            if type(suites) is not list or not suites or any(s not in SUITES for s in suites) or len(set(suites)) != len(suites):
+            if type(suites) is not list or not suites or any(type(s) is not str or s not in SUITES for s in suites) \
+                    or len(set(suites)) != len(suites):
                 raise ValidationError("roster.tbs.suites", f"must be a non-empty list of distinct suites from {', '.join(SUITES)}")
             return cls(
                 raw, outer["tbs"], outer["sigs"], fingerprint(outer["tbs"]), d["federation"], d["serial"],
@@ -160,7 +161,7 @@ class RevocationList:
                 codec.decode(outer["tbs"], max_size=MAX_REVOCATIONS_SIZE),
                 {"v", "kind", "nation", "serial", "issued", "revoked"}, "revocations.tbs",
             )
-            if d["v"] != 1 or d["kind"] != "revocations":
+            if type(d["v"]) is not int or d["v"] != 1 or d["kind"] != "revocations":
                 raise ValidationError("revocations.tbs", "not a version 1 revocation list")
             if type(d["serial"]) is not int or d["serial"] < 0:
                 raise ValidationError("revocations.tbs.serial", "must be a non-negative integer")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from hub.confpath import config_path, exists
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
@@ -78,8 +79,9 @@ def _typed(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str
 
 
 def _positive(value: Any, where: str) -> Any:
-    if value <= 0:
-        raise ConfigError(f"{where}: must be greater than 0")
+    # "not > 0" (rather than "<= 0") also refuses nan; inf is refused explicitly.
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{where}: must be a finite number greater than 0")
     return value
 
 
@@ -95,7 +97,7 @@ def _patterns(v: Any, where: str) -> tuple[str, ...]:
 def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: e.g. an integer of 5000 digits
         raise ConfigError(f"{source}: not valid TOML ({exc})") from None
     _check_keys(doc, {"hub", "limits", "retention", "topics"}, source)
     hub = doc.get("hub")
@@ -108,18 +110,18 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
             raise ConfigError(f"hub.{req}: missing (see examples/hub.toml)")
     listen = _typed(hub, "listen", str, "hub", None)
     host, _, port_s = listen.rpartition(":")
-    if not host or not port_s.isdigit() or not 0 <= int(port_s) < 65536:
+    if not host or not (port_s.isascii() and port_s.isdigit() and len(port_s) <= 5) or not 0 <= int(port_s) < 65536:
         raise ConfigError(f"hub.listen: {listen!r} is not host:port (e.g. 127.0.0.1:8443; port 0 picks a free port)")
 
     def path(key: str) -> Path | None:
         v = _typed(hub, key, str, "hub", None)
-        return None if v is None else (base / v).resolve()
+        return None if v is None else config_path(base, v, f"hub.{key}")
 
     tls_cert, tls_key = path("tls_cert"), path("tls_key")
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("hub.tls_cert / hub.tls_key: give both for TLS, or neither for plain HTTP on loopback")
     for key, p in (("key", path("key")), ("trust", path("trust")), ("tls_cert", tls_cert), ("tls_key", tls_key)):
-        if p is not None and not p.exists():
+        if p is not None and not exists(p, f"hub.{key}"):
             raise ConfigError(f"hub.{key}: {p} does not exist")
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"hub.listen: {host} is not loopback; plain HTTP is only allowed on 127.0.0.1 (set tls_cert and tls_key)")

@@ -134,8 +134,9 @@ class Relay:
         if not bucket.take():
             raise reject("rate_limited", f"more than {self.config.limits.publish_rate:g} packets/s from {nation or key}; slow down and retry")
 
-    def _verify(self, raw: bytes, now: int) -> envelope.Verified:
-        return envelope.verify(raw, self.trust, now)
+    def _verify(self, raw: bytes, now: int) -> tuple[envelope.Verified, bytes]:
+        # The packet's digest is taken here too: on the worker thread, off the event loop.
+        return envelope.verify(raw, self.trust, now), hashlib.sha256(raw).digest()
 
     async def publish(self, raw: bytes, *, nation: str | None, cert: bytes | None = None,
                       rate_key: str | None = None) -> Accepted:
@@ -160,9 +161,9 @@ class Relay:
         now = self.now()
         try:
             if self.pool is None:
-                v = self._verify(raw, now)
+                v, digest = self._verify(raw, now)
             else:
-                v = await asyncio.get_running_loop().run_in_executor(self.pool, self._verify, raw, now)
+                v, digest = await asyncio.get_running_loop().run_in_executor(self.pool, self._verify, raw, now)
         except DecodeError as exc:
             raise reject("malformed", str(exc)) from None
         except InvalidPacket as exc:
@@ -186,7 +187,7 @@ class Relay:
         if unknown:
             raise reject("unknown_recipient", f"{', '.join(unknown)} not in the roster")
         item = NewPacket(h.id, h.sender, h.sender_cert, h.topic, h.nations, h.created, h.expires, h.raw, raw,
-                         hashlib.sha256(raw).digest())
+                         digest)
         try:
             [result] = await self.storage.append([item], now)
         except StoreError as exc:
