@@ -124,7 +124,7 @@ def client(nation: str, url: str) -> HubClient:
 async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | None) -> dict[str, Any]:
     """Publish ``packets`` (paced at ``rate``/s, or as fast as the window allows); nodes ack without decrypting."""
     nodes = {n: client(n, url) for n in NATIONS}
-    sent_at: dict[int, float] = {}
+    sent_at: dict[bytes, float] = {}  # by packet bytes: a delivery can arrive before its ACCEPTED
     accepted_lat: list[float] = []
     delivered_lat: list[float] = []
     remaining = len(packets) * len(NATIONS)
@@ -134,7 +134,7 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
         nonlocal remaining
         while True:
             d = await c.deliveries.get()
-            t = sent_at.get(d.index)
+            t = sent_at.get(d.packet)
             if t is not None:
                 delivered_lat.append(time.perf_counter() - t)
             await c.ack(d.sub, d.index)
@@ -164,9 +164,8 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
 
         async def go(home: HubClient = home, raw: bytes = raw) -> None:
             try:
-                t0 = time.perf_counter()
-                r = await home.publish(raw, timeout=60)
-                sent_at[r.index] = t0
+                t0 = sent_at[raw] = time.perf_counter()
+                await home.publish(raw, timeout=60)
                 accepted_lat.append(time.perf_counter() - t0)
             finally:
                 sem.release()

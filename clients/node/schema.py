@@ -106,7 +106,7 @@ MIGRATIONS: Final[list[str]] = [
     );
     CREATE INDEX names_entity ON names (entity);
     CREATE VIRTUAL TABLE names_fts USING fts5 (
-        name, normalized, content = 'names', content_rowid = 'id',
+        name, normalized, content = 'names', content_rowid = 'id', columnsize = 0,
         tokenize = 'unicode61 remove_diacritics 2'
     );
     -- Blocking keys, one document per name, rowid = nkeys << 40 | names.id: FTS5 keeps each
@@ -115,8 +115,10 @@ MIGRATIONS: Final[list[str]] = [
     -- than that b-tree: its inserts append segments, where the b-tree's land on random pages
     -- and, at a million entities, made every commit rewrite thousands of them.
     CREATE VIRTUAL TABLE name_keys USING fts5 (
-        keys, content = '', detail = none, tokenize = "ascii tokenchars '.='"
+        keys, content = '', detail = none, columnsize = 0, tokenize = "ascii tokenchars '.='"
     );
+    -- columnsize = 0: no per-row size table (a b-tree keyed by rowid, which here is not in
+    -- insertion order); it serves only bm25 ranking, which neither table uses.
     CREATE TABLE identifiers (
         id     INTEGER PRIMARY KEY,
         record INTEGER NOT NULL,

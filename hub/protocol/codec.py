@@ -179,6 +179,11 @@ def _canon(obj: Any, depth: int) -> Any:
     raise ValueError(f"cannot encode a {t.__name__} canonically")
 
 
+def canonical(obj: Any) -> Any:
+    """``obj`` with every map's keys sorted and types checked (what :func:`encode` packs)."""
+    return _canon(obj, 2)
+
+
 def encode(obj: Any) -> bytes:
     """The one canonical encoding of ``obj`` (dict keys are sorted here)."""
     return msgpack.packb(_canon(obj, 1), use_bin_type=True)

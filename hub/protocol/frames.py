@@ -59,10 +59,10 @@ def encode_frame(t: str, **fields: Any) -> bytes:
             raise ValueError(f"frame {t} needs {name}")
     body = {k: v for k, v in fields.items() if v is not None}
     body["t"] = t
-    if all(type(v) in _FLAT for v in body.values()):
-        # Hot path (deliver, accepted, ack): flat maps need only their keys sorted to be canonical.
-        return msgpack.packb(dict(sorted(body.items())), use_bin_type=True)
-    return codec.encode(body)
+    # Hot path (deliver, accepted, ack): only the top level needs its keys sorted; nested values
+    # (a proof map, a pattern list) are canonicalised on their own, the packet bytes are not copied.
+    out = {k: (v if type(v) in _FLAT else codec.canonical(v)) for k, v in sorted(body.items())}
+    return msgpack.packb(out, use_bin_type=True)
 
 
 def decode_frame(data: bytes, allowed: frozenset[str], *, max_size: int = MAX_FRAME) -> dict[str, Any]:

@@ -119,6 +119,7 @@ class SQLiteStorage:
         self._thread = threading.Thread(target=self._writer, name="hub-sqlite-writer", daemon=True)
         self._thread.start()
         self._recent: OrderedDict[int, StoredPacket] = OrderedDict()
+        self._uncommitted: list[StoredPacket] = []
         self.on_commit: Callable[[float, int], None] | None = None
 
     # -- the writer thread --------------------------------------------------
@@ -155,10 +156,19 @@ class SQLiteStorage:
             except sqlite3.Error:
                 pass
             self._next_index = saved_next
+            self._uncommitted.clear()
             error = StoreError(f"hub database refused the write ({exc}); nothing was accepted")
             batch[0][1].get_loop().call_soon_threadsafe(_fail, [fut for _, fut in batch], error)
             return
         elapsed = time.perf_counter() - start
+        # Committed: into the cache the feeds read, before any future resolves (so no feed that wakes
+        # up finds a committed packet missing from it), and never before (the cache holds nothing the
+        # disk lacks). Single dict operations are atomic under the GIL.
+        for sp in self._uncommitted:
+            self._recent[sp.index] = sp
+        self._uncommitted.clear()
+        while len(self._recent) > RECENT:
+            self._recent.popitem(last=False)
         if self.on_commit:
             self.on_commit(elapsed, len(batch))
         # One wake-up of the event loop per batch, not per operation.
@@ -181,24 +191,20 @@ class SQLiteStorage:
                     out.append(Appended(row[0], row[2], True) if row[1] == p.digest else Conflict(row[0]))
                     continue
                 index = self._next_index
+                leaf = leaf_hash(leaf_data(p.header, now))
                 c.execute(
                     "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (index, p.packet_id, p.digest, p.sender, p.signer, p.topic, p.created, p.expires, now,
-                     p.header, leaf_hash(leaf_data(p.header, now)), p.raw),
+                     p.header, leaf, p.raw),
                 )
                 c.executemany("INSERT INTO packet_recipients VALUES (?, ?)", [(n, index) for n in p.recipients])
                 self._next_index = index + 1
+                self._uncommitted.append(StoredPacket(index, p.packet_id, p.sender, p.signer, p.topic, p.header,
+                                                      now, p.expires, p.raw, leaf))
                 out.append(Appended(index, now, False))
             return out
 
         result: list[Appended | Conflict] = await self._submit(op)
-        # Committed: cache them for the feeds (only now, so the cache never holds what the disk lacks).
-        for p, r in zip(items, result):
-            if isinstance(r, Appended) and not r.duplicate:
-                self._recent[r.index] = StoredPacket(r.index, p.packet_id, p.sender, p.signer, p.topic, p.header,
-                                                     now, p.expires, p.raw, leaf_hash(leaf_data(p.header, now)))
-        while len(self._recent) > RECENT:
-            self._recent.popitem(last=False)
         return result
 
     async def subscribe(self, nation: str, name: str, patterns: tuple[str, ...]) -> Subscription:
@@ -299,7 +305,7 @@ class SQLiteStorage:
         purged: int = await self._submit(op)
         if purged:
             cutoff = now - retention
-            for index in [i for i, p in self._recent.items() if p.accepted_at < cutoff]:
+            for index in [i for i, p in list(self._recent.items()) if p.accepted_at < cutoff]:
                 del self._recent[index]
         return purged
 
