@@ -12,7 +12,8 @@ candidate fetch. With a filter, blocking reads ``FILTER_FACTOR`` times more post
 candidates, so a selective filter still leaves names to score, at a bounded cost.
 
 Lookup normalises the value with ``hub.protocol.identifiers`` — the one place normalisation
-lives, the same code that canonicalised stored content — and reads the ``(kind, value)`` index.
+lives, the same code that canonicalised stored content — and reads the index of
+``(kind, value)`` digests.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Final
 import sqlite_utils
 
 from clients.node import names
-from clients.node.schema import KEY_SHIFT, NAME_ID_MASK
+from clients.node.schema import KEY_SHIFT, NAME_ID_MASK, identifier_key
 from hub.protocol import codec
 from hub.protocol.errors import ValidationError
 from hub.protocol.identifiers import (
@@ -41,7 +42,7 @@ from hub.protocol.identifiers import (
 # half the latency; most of what either misses is a consonant typo in a rare surname.
 POSTINGS_CAP: Final[int] = 500  # rows read per key: a common given name cannot blow the budget
 CANDIDATES_CAP: Final[int] = 200  # names scored per query
-FILTER_FACTOR: Final[int] = 4  # with a filter, read and fetch this many times more candidates
+FILTER_FACTOR: Final[int] = 3  # with a filter, read and fetch this many times more candidates
 LOOKUP_LIMIT: Final[int] = 200
 MIN_PREFIX: Final[int] = 2
 _KIND_WEIGHT: Final = {"spelling": 4.0, "pair": 2.0, "skeleton": 1.0}
@@ -111,7 +112,7 @@ def _filters(schema: str | None, country: str | None, since: str | None, until: 
 def _postings(conn: sqlite3.Connection, key: str, qn: int, cap: int) -> list[tuple[int, int]]:
     """``(nkeys, name id)`` of names holding ``key``: those with as many keys as the query
     first, then fewer, nearest first; so a common key's capped read keeps the likeliest."""
-    match = '"' + key + '"'  # keys are [a-z0-9.=]: quoting is enough to make one token
+    match = '"' + key.replace('"', '""') + '"'  # one quoted token: no FTS5 syntax gets through
     pivot = qn << KEY_SHIFT
     rows = conn.execute("SELECT rowid FROM name_keys WHERE name_keys MATCH ? AND rowid >= ? "
                         "ORDER BY rowid LIMIT ?", (match, pivot, cap)).fetchall()
@@ -263,8 +264,8 @@ def lookup(conn: sqlite3.Connection, kind: str | None, value: str, *, country: s
                 "r.received_at, e.local_id, e.schema, e.caption, a.local_id, a.kind, a.status, "
                 "a.amount, a.currency FROM identifiers i JOIN records r ON r.id = i.record "
                 "LEFT JOIN entities e ON e.id = i.entity LEFT JOIN assets a ON a.id = i.asset "
-                f"WHERE i.kind = ? AND i.value = ? {live} ORDER BY r.received_at DESC LIMIT ?",
-                (k, v, LOOKUP_LIMIT)):
+                f"WHERE i.key = ? AND i.kind = ? AND i.value = ? {live} ORDER BY r.received_at DESC LIMIT ?",
+                (identifier_key(k, v), k, v, LOOKUP_LIMIT)):
             out.append({
                 "kind": row[0], "value": row[1], "extra": json.loads(row[2]) if row[2] else {},
                 "packet_id": row[3], "type": row[4], "status": row[5], "sender": row[6],

@@ -16,14 +16,17 @@ import logging
 import os
 import ssl
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from collections.abc import AsyncIterator
 from typing import Any, Callable, TypeVar
 
 from clients.connection import Delivery, HubClient
 from hub.keyfiles import load_certificate, load_private_keys, load_trust_dir
 from hub.protocol import envelope
+from hub.protocol.envelope import Header, Opened
 from hub.protocol.certs import Certificate
 from hub.protocol.content import default_topic, validate_content
 from hub.protocol.errors import ConfigError, IntelhubError, KeyFileError, ProtocolError, ValidationError
@@ -31,9 +34,9 @@ from hub.protocol.keys import KemKey, SigningKey
 from hub.protocol.trust import Trust
 
 from .config import NodeConfig
-from .filters import FilterSet
+from .filters import Decision, FilterSet
 from .sinks import SinkRunner, sinks_from_config
-from .store import NodeStore
+from .store import Incoming, NodeStore
 from .watch import LogWatcher
 
 log = logging.getLogger("intelhub.node")
@@ -44,6 +47,24 @@ RECEIPTED = frozenset({"alert", "freeze", "amend", "withdraw"})
 #: Fault injection for the crash tests only: "after_store:N" exits abruptly after the N-th commit,
 #: before its acknowledgement; "before_store:N" exits just before the N-th commit.
 FAULT_ENV = "INTELHUB_FAULT"
+#: Deliveries being verified and decrypted at once, and most committed in one transaction.
+PIPELINE = 256
+MAX_BATCH = 128
+#: Packet ids remembered in memory, so redeliveries after a reconnect skip the crypto.
+RECENT_IDS = 65536
+
+
+@dataclass
+class Prepared:
+    """A delivery made ready for the store: opened and filtered, or known bad, or already stored."""
+
+    delivery: Delivery
+    received: int
+    header: Header | None
+    opened: Opened | None = None
+    decision: Decision | None = None
+    error: IntelhubError | None = None
+    duplicate: bool = False
 
 
 class StoreThread:
@@ -141,6 +162,7 @@ class NodeService:
         self.counts: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""))
+        self._recent_ids: OrderedDict[str, None] = OrderedDict()
 
     def now(self) -> int:
         return int(self.clock())
@@ -149,66 +171,105 @@ class NodeService:
 
     async def handle(self, d: Delivery) -> str:
         """Process one delivery to the point where it may be acknowledged; returns what happened."""
-        what = await self._handle(d)
-        # Every delivery, quarantined ones too, is a leaf the hub says it logged: check its inclusion.
-        self.watcher.on_delivery(d.index, d.packet, d.proof)
+        [what] = await self.commit([await self.prepare(d)])
         return what
 
-    async def _handle(self, d: Delivery) -> str:
+    async def prepare(self, d: Delivery) -> Prepared:
+        """Everything before the store: parse, skip known packets, verify and decrypt (on a worker
+        thread: the crypto releases the GIL), filter. Never raises for a bad packet."""
         received = self.now()
         try:
             if d.cert is not None:
                 self.me.trust.add_certificate(d.cert)
             header = envelope.parse_packet(d.packet).header
         except IntelhubError as exc:
-            await self.st.call(self.st.store.quarantine, raw=d.packet, reason=f"{exc.code}: {exc}",
-                               log_index=d.index, received_at=received)
-            return self._count("quarantined", d, exc)
-        if await self.st.call(self.st.store.has_packet, header.packet_id):
-            return self._count("duplicate", d)
+            return Prepared(d, received, None, error=exc)
+        # A redelivery of something just stored skips the crypto; anything else already stored is
+        # found by the store itself (ingest returns "duplicate"), without a store round trip here.
+        if header.packet_id in self._recent_ids:
+            return Prepared(d, received, header, duplicate=True)
         try:
             opened = await asyncio.get_running_loop().run_in_executor(
                 self.crypto, partial(envelope.open_packet, d.packet, nation=self.me.nation, kem=self.me.kem,
                                      trust=self.me.trust, now=received))
         except IntelhubError as exc:
-            await self.st.call(self.st.store.quarantine, raw=d.packet, reason=f"{exc.code}: {exc}",
-                               log_index=d.index, received_at=received, packet_id=header.packet_id)
-            return self._count("quarantined", d, exc)
-        decision = self.filters.decide(opened.header, opened.content)
-        self._maybe_crash("before_store")
-        try:
-            result = await self.st.call(
-                self.st.store.ingest, raw=d.packet, header=opened.header, signer=opened.signer,
-                content=opened.content, salt=opened.salt, content_bytes=opened.content_bytes, log_index=d.index,
-                received_at=received, proof=d.proof, action=decision.action, rule=decision.rule,
-                sinks=decision.sinks, processed=decision.processed)
-        except ValidationError as exc:
-            await self.st.call(self.st.store.quarantine, raw=d.packet, reason=f"{exc.code}: {exc}",
-                               log_index=d.index, received_at=received, packet_id=header.packet_id)
-            return self._count("quarantined", d, exc)
-        if result == "duplicate":
-            return self._count("duplicate", d)
-        self._maybe_crash("after_store")
-        if self.runner and decision.sinks:
-            self.runner.kick()
-        if opened.content["type"] in RECEIPTED and opened.header.sender != self.me.nation:
-            if self.config.send_delivered:
-                self._spawn(self.send_receipt(opened.header.packet_id, "delivered", opened.header.sender))
-            if decision.processed:
-                self._spawn(self.send_receipt(opened.header.packet_id, "processed", opened.header.sender))
-        return self._count("dropped" if decision.action == "drop" else "stored", d)
+            return Prepared(d, received, header, error=exc)
+        return Prepared(d, received, header, opened, self.filters.decide(opened.header, opened.content))
 
-    def _maybe_crash(self, point: str) -> None:
-        if self._fault and self._fault[0] == point:
-            self._fault = (point, self._fault[1] - 1)
+    async def commit(self, batch: list[Prepared]) -> list[str]:
+        """Store a batch in one transaction (quarantining what failed), then act on it.
+
+        After this returns every delivery of the batch may be acknowledged: its packet is
+        committed, or quarantined, or was already stored.
+        """
+        results = await self.st.call(self._store_batch, batch)
+        for p, what in zip(batch, results):
+            d = p.delivery
+            if p.header is not None and what in ("stored", "dropped", "duplicate"):
+                self._recent_ids[p.header.packet_id] = None
+                if len(self._recent_ids) > RECENT_IDS:
+                    self._recent_ids.popitem(last=False)
+            # Every delivery, quarantined ones too, is a leaf the hub says it logged: check its inclusion.
+            self.watcher.on_delivery(d.index, d.packet, d.proof)
+            self.counts[what] += 1
+            if what != "stored" or p.opened is None or p.decision is None:
+                continue
+            h, decision = p.opened.header, p.decision
+            if self.runner and decision.sinks:
+                self.runner.kick()
+            if p.opened.content["type"] in RECEIPTED and h.sender != self.me.nation:
+                if self.config.send_delivered:
+                    self._spawn(self.send_receipt(h.packet_id, "delivered", h.sender))
+                if decision.processed:
+                    self._spawn(self.send_receipt(h.packet_id, "processed", h.sender))
+        return results
+
+    def _store_batch(self, batch: list[Prepared]) -> list[str]:
+        """On the store thread: quarantine failures, ingest the rest in ONE transaction (one fsync)."""
+        store = self.st.store
+        out: list[str] = []
+        todo: list[tuple[int, Incoming]] = []
+        seen: set[str] = set()
+        for i, p in enumerate(batch):
+            d = p.delivery
+            if p.error is not None:
+                store.quarantine(raw=d.packet, reason=f"{p.error.code}: {p.error}", log_index=d.index,
+                                 received_at=p.received, packet_id=p.header.packet_id if p.header else None)
+                log.warning("quarantined delivery %d: %s", d.index, p.error)
+                out.append("quarantined")
+            elif p.duplicate or p.header is None or p.header.packet_id in seen or p.opened is None:
+                out.append("duplicate")
+            else:
+                seen.add(p.header.packet_id)
+                o, dec = p.opened, p.decision
+                todo.append((i, Incoming(d.packet, o.header, o.signer, o.content, o.salt, o.content_bytes, d.index,
+                                         p.received, d.proof, dec.action, dec.rule, tuple(dec.sinks),  # type: ignore[union-attr]
+                                         dec.processed)))  # type: ignore[union-attr]
+                out.append("")
+        self._maybe_crash("before_store", len(todo))
+        try:
+            stored = store.ingest_many([inc for _, inc in todo])
+        except ValidationError:
+            # One bad amendment must not sink the batch: store them one by one, quarantining the bad.
+            stored = []
+            for _, inc in todo:
+                try:
+                    stored.append(store.ingest_many([inc])[0])
+                except ValidationError as exc:
+                    store.quarantine(raw=inc.raw, reason=f"{exc.code}: {exc}", log_index=inc.log_index,
+                                     received_at=inc.received_at, packet_id=inc.header.packet_id)
+                    log.warning("quarantined delivery %s: %s", inc.log_index, exc)
+                    stored.append("quarantined")
+        for (i, inc), result in zip(todo, stored):
+            out[i] = ("dropped" if inc.action == "drop" else "stored") if result == "stored" else result
+        self._maybe_crash("after_store", len(todo))
+        return out
+
+    def _maybe_crash(self, point: str, packets: int) -> None:
+        if self._fault and self._fault[0] == point and packets:
+            self._fault = (point, self._fault[1] - packets)
             if self._fault[1] <= 0:
                 os._exit(137)  # as abrupt as SIGKILL: no cleanup, no ack
-
-    def _count(self, what: str, d: Delivery, exc: Exception | None = None) -> str:
-        self.counts[what] += 1
-        if exc is not None:
-            log.warning("quarantined delivery %d: %s", d.index, exc)
-        return what
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -235,6 +296,54 @@ class NodeService:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
         return False
+
+    async def pipeline(self, stop: asyncio.Event, source: AsyncIterator[Delivery] | None = None) -> None:
+        """Deliveries flow through ``prepare`` concurrently (up to PIPELINE at once) and are committed
+        in arrival order, as many per transaction as are ready: one fsync serves a burst.
+
+        ``source`` defaults to the hub connection; the pipeline ends when it is exhausted or ``stop`` is set.
+        """
+        ready: asyncio.Queue[asyncio.Future[Prepared] | None] = asyncio.Queue(PIPELINE)
+
+        async def hub_deliveries() -> AsyncIterator[Delivery]:
+            while True:
+                yield await self.client.deliveries.get()
+
+        async def reader() -> None:
+            async for d in source or hub_deliveries():
+                await ready.put(asyncio.ensure_future(self.prepare(d)))
+            await ready.put(None)
+
+        async def committer() -> None:
+            while True:
+                head = await ready.get()
+                if head is None:
+                    return
+                batch = [await head]
+                while len(batch) < MAX_BATCH and not ready.empty():
+                    nxt = ready._queue[0]  # type: ignore[attr-defined]
+                    if nxt is None or not nxt.done():
+                        break
+                    batch.append(await ready.get_nowait())  # type: ignore[misc]
+                await self.commit(batch)
+                for p in batch:  # acknowledged only now: committed, quarantined, or already stored
+                    await self.client.ack(p.delivery.sub, p.delivery.index)
+
+        tasks = [asyncio.create_task(reader()), asyncio.create_task(committer())]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            await asyncio.wait([stopper, tasks[1]], return_when=asyncio.FIRST_COMPLETED)
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            for t in (stopper, *tasks):
+                t.cancel()
+            await asyncio.gather(stopper, *tasks, return_exceptions=True)
+            while not ready.empty():
+                f = ready.get_nowait()
+                if f is not None:
+                    f.cancel()
 
     async def _notices(self) -> None:
         """Checkpoints the hub pushes: verified, compared with the last, cosigned by the watcher."""
@@ -266,18 +375,7 @@ class NodeService:
                 log.info("%s subscribed %s to %s from log index %d", self.me.nation, s.name, ",".join(s.patterns), cursor)
             if ready:
                 ready.set()
-            stopper = asyncio.ensure_future(stop.wait())
-            while not stop.is_set():
-                getter = asyncio.ensure_future(self.client.deliveries.get())
-                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    break
-                d = getter.result()
-                await self.handle(d)
-                # Acknowledged only now: the store has committed (or quarantined) it.
-                await self.client.ack(d.sub, d.index)
-            stopper.cancel()
+            await self.pipeline(stop)
         finally:
             notices_task.cancel()
             watch_task.cancel()

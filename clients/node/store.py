@@ -50,7 +50,7 @@ from hub.protocol.errors import StoreError, ValidationError
 __all__ = ["Hit", "Incoming", "NodeStore", "OutboxItem"]
 
 ACTIONS: Final = ("store", "drop")
-BULK_CHECKPOINT_PAGES: Final = 16384
+BULK_CHECKPOINT_PAGES: Final = 16384  # 64 MiB of WAL between checkpoints during bulk loads
 _RECORD_TYPES: Final = ("alert", "freeze")
 
 
@@ -110,7 +110,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")  # acknowledged means on disk (BRIEF: nothing lost)
-    conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the key and FTS b-trees stay hot
+    conn.execute("PRAGMA cache_size=-262144")  # 256 MiB: the hot index and FTS pages stay in memory
     conn.execute("PRAGMA temp_store=MEMORY")
     return conn
 
@@ -149,8 +149,10 @@ class NodeStore:
             self._closed = True
             if self._pool is not None:
                 self._pool.shutdown()
-            self._conn.execute("PRAGMA optimize")  # refresh planner statistics, cheap at close
-            self._conn.close()
+            try:
+                self._conn.execute("PRAGMA optimize")  # refresh planner statistics, cheap at close
+            finally:
+                self._conn.close()
 
     def _load_ids(self) -> Ids:
         def nxt(table: str, col: str = "id") -> int:
@@ -221,7 +223,8 @@ class NodeStore:
         analysing = pool.submit(schema.analyse_names, schema.unknown_names(_names_of(batch or ())))
         # Checkpoint the WAL every 64 MiB rather than 4: a bulk load rewrites the same FTS and
         # index pages batch after batch, and each checkpoint would copy them to the file again.
-        self._conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
+        with self._lock:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={BULK_CHECKPOINT_PAGES}")
         try:
             while batch is not None:
                 schema.remember(analysing.result())
@@ -268,14 +271,14 @@ class NodeStore:
         """Fuzzy, cross-script name search; ``since``/``until`` bound the record's signed issue date."""
         with self._lock:
             return reading.search(self._conn, query, schema=schema, country=country, since=since,
-                                    until=until, limit=limit, include_withdrawn=include_withdrawn)
+                                  until=until, limit=limit, include_withdrawn=include_withdrawn)
 
     def lookup(self, kind: str | None, value: str, *, country: str | None = None,
                include_withdrawn: bool = False) -> list[dict[str, Any]]:
         """Exact identifier match after normalisation; ``country`` reads a national phone number."""
         with self._lock:
             return reading.lookup(self._conn, kind, value, country=country,
-                                    include_withdrawn=include_withdrawn)
+                                  include_withdrawn=include_withdrawn)
 
     def receipts_for(self, packet_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -330,7 +333,6 @@ class NodeStore:
         with self._tx():
             self._conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ? "
                                "WHERE id = ?", (error, retry_at, item_id))
-
 
 
 def _names_of(batch: Sequence[Incoming]) -> list[str]:

@@ -39,7 +39,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, separators=(",", ":")))
 
 
-_HTTP_STATUS = {"rate_limited": 429, "too_large": 413, "unavailable": 503, "conflict": 409,
+_HTTP_STATUS = {"rate_limited": 429, "too_large": 413, "timeout": 408, "unavailable": 503, "conflict": 409,
                 "untrusted_signer": 403, "invalid_packet": 403, "wrong_nation": 403, "forbidden_topic": 403}
 
 
@@ -51,8 +51,9 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     # The heartbeat closes a peer that stops answering pings within idle_timeout (a dead link, or a
     # slow-loris stuck mid-frame, which cannot answer a ping either).
-    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=config.limits.idle_timeout / 2,
-                               compress=False)
+    # No aiohttp heartbeat (it restarts on every byte, so a peer dripping one frame forever would
+    # never be closed): Session.watchdog pings on a fixed clock and closes silent peers.
+    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=None, autoping=False, compress=False)
     await ws.prepare(request)
     session = Session(request.app[RELAY], ws, request.remote or "?")
     request.app[SESSIONS].add(session)
@@ -69,11 +70,25 @@ async def ws_handler(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+async def _read_body(request: web.Request) -> bytes:
+    """A request body of a declared, bounded length, read within a deadline (no HTTP slow-loris)."""
+    length = request.content_length
+    if length is None:
+        raise ProtocolError("send a Content-Length (chunked bodies are not accepted)", "bad_request")
+    if length > frames.MAX_FRAME:
+        raise ProtocolError(f"body of {length} bytes is over the limit of {frames.MAX_FRAME}", "too_large")
+    try:
+        async with asyncio.timeout(request.app[CONFIG].limits.auth_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ProtocolError("the request body did not arrive in time", "timeout") from None
+
+
 async def publish_handler(request: web.Request) -> web.Response:
     """One-shot publish for the officer's CLI, authenticated by the packet's own signature."""
     relay = request.app[RELAY]
-    body = await request.read()
     try:
+        body = await _read_body(request)
         f = codec.decode(body, max_size=frames.MAX_FRAME)
         if type(f) is not dict or not {"packet"} <= f.keys() <= {"packet", "cert"} \
                 or type(f["packet"]) is not bytes or type(f.get("cert", b"")) is not bytes:
@@ -101,7 +116,7 @@ async def directory_handler(request: web.Request) -> web.Response:
 async def revocations_handler(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
     try:
-        rl = await relay.learn_revocations(await request.read())
+        rl = await relay.learn_revocations(await _read_body(request))
     except ProtocolError as exc:
         return _error(exc)
     return _json({"nation": rl.nation, "serial": rl.serial})

@@ -81,6 +81,8 @@ class Relay:
         #: (nation, subscription name) -> the session feeding it; one feeder at a time
         self._feed_owners: dict[tuple[str, str], Any] = {}
         self._background: set[asyncio.Future[Any]] = set()
+        #: nation -> its authenticated sessions (capped at limits.max_sessions_per_nation)
+        self.sessions_by_nation: dict[str, set[Any]] = defaultdict(set)
 
     # -- clock ----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ CLOSE_AUTH_FAILED = 4001
 CLOSE_PROTOCOL = 4002
 CLOSE_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
+CLOSE_TOO_MANY = 4005
 MAX_WINDOW = 4096
 
 
@@ -156,6 +157,7 @@ class Session:
         self.pending = asyncio.Semaphore(relay.config.limits.max_pending_publishes)
         self.tasks: set[asyncio.Task[Any]] = set()
         self._send_lock = asyncio.Lock()
+        self.last_seen = time.monotonic()
 
     # -- sending ----------------------------------------------------------------
 
@@ -184,17 +186,40 @@ class Session:
     # -- the connection ------------------------------------------------------------
 
     async def receive(self, timeout: float | None = None) -> bytes | None:
-        # Only authentication uses a timeout; afterwards the WebSocket heartbeat closes dead or
-        # stalled peers (a per-frame timer would cost more than the frame on this hot path).
-        msg = await self.ws.receive(timeout=timeout)
-        if msg.type == WSMsgType.BINARY:
-            return bytes(msg.data)
-        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return None
-        if msg.type == WSMsgType.ERROR:
-            log.info("session %s: connection error %s", self.id, self.ws.exception())
-            return None
-        raise reject("bad_frame", "frames must be binary msgpack")
+        """The next complete binary message. Pings are answered here and every complete message
+        counts as a sign of life for the watchdog (a per-frame timer would cost more than the frame)."""
+        while True:
+            msg = await self.ws.receive(timeout=timeout)
+            self.last_seen = time.monotonic()
+            if msg.type == WSMsgType.BINARY:
+                return bytes(msg.data)
+            if msg.type == WSMsgType.PING:
+                await self.ws.pong(msg.data)
+                continue
+            if msg.type == WSMsgType.PONG:
+                continue
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return None
+            if msg.type == WSMsgType.ERROR:
+                log.info("session %s: connection error %s", self.id, self.ws.exception())
+                return None
+            raise reject("bad_frame", "frames must be binary msgpack")
+
+    async def watchdog(self) -> None:
+        """Close a peer that completes no message (not even a pong) for idle_timeout: a dead link, or a
+        slow-loris dripping one frame forever. aiohttp's own heartbeat restarts on every byte, so
+        it cannot catch the latter; this pings on a fixed clock instead."""
+        idle = self.relay.config.limits.idle_timeout
+        while not self.ws.closed:
+            await asyncio.sleep(idle / 2)
+            if time.monotonic() - self.last_seen > idle:
+                log.info("session %s: %s silent for %.0f s, closing", self.id, self.nation or "?", idle)
+                await self.ws.close(code=CLOSE_TIMEOUT, message=b"idle")
+                return
+            try:
+                await self.ws.ping()
+            except (ConnectionError, RuntimeError):
+                return
 
     async def authenticate(self) -> bool:
         relay = self.relay
@@ -205,6 +230,10 @@ class Session:
             data = await self.receive(relay.config.limits.auth_timeout)
         except TimeoutError:
             await self.ws.close(code=CLOSE_TIMEOUT, message=b"authentication timed out")
+            return False
+        except ProtocolError as exc:  # e.g. a text frame
+            await self.send_error(exc.code, str(exc))
+            await self.ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
             return False
         if data is None:
             return False
@@ -231,6 +260,14 @@ class Session:
             await self.send_error(code if code != "untrusted_signer" else "unauthenticated", str(exc))
             await self.ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
             return False
+        live = relay.sessions_by_nation[cert.nation]
+        if len(live) >= relay.config.limits.max_sessions_per_nation:
+            relay.metrics.auth_failures.inc()
+            await self.send_error("too_many_sessions", f"{cert.nation} already has {len(live)} sessions "
+                                  f"(limit {relay.config.limits.max_sessions_per_nation}); close one first")
+            await self.ws.close(code=CLOSE_TOO_MANY, message=b"too many sessions")
+            return False
+        live.add(self)
         self.nation = cert.nation
         self.window = min(window, relay.config.limits.window)
         await self.send("welcome", nation=self.nation, session=self.id, time=relay.now())
@@ -242,9 +279,14 @@ class Session:
         relay = self.relay
         relay.metrics.connections.labels(self.nation).inc()
         log.info("session %s: %s authenticated from %s", self.id, self.nation, self.peer)
+        watchdog = asyncio.create_task(self.watchdog())
         try:
             while True:
-                data = await self.receive()
+                try:
+                    data = await self.receive()
+                except ProtocolError as exc:  # a text frame: refused, the session carries on
+                    await self.send_error(exc.code, str(exc))
+                    continue
                 if data is None:
                     return
                 try:
@@ -255,7 +297,9 @@ class Session:
                 except ProtocolError as exc:
                     await self.send_error(exc.code, str(exc))
         finally:
+            watchdog.cancel()
             relay.metrics.connections.labels(self.nation).dec()
+            relay.sessions_by_nation[self.nation].discard(self)
             relay.release_feeds(self)
             for feed in self.feeds.values():
                 if feed.task:
