@@ -202,3 +202,33 @@ async def test_node_killed_between_receive_and_ack_stores_each_packet_once(
         counts = {pid: c for pid, c in rows}
         assert all(counts.get(i) == 1 for i in ids), "a packet is missing or stored twice"
         print(f"\n{fault}: {n} packets, node killed once, each stored exactly once")
+
+
+async def test_revocations_reach_running_nodes(fed_dir: Path, tmp_path: Path) -> None:
+    """A revocation posted to the hub is pushed to every connected node, which then refuses
+    packets the revoked certificate signs from that moment on."""
+    import shutil
+
+    from hub.keyfiles import load_private_keys, load_revocations
+    from hub.protocol.roster import Revocation, sign_revocations
+
+    own = tmp_path / "fed"
+    shutil.copytree(fed_dir, own)
+    now = int(__import__("time").time())
+    config = hub_config(own, tmp_path / "hub.db")
+    async with running_hub(config) as (url, app):
+        nodes = {"FR": make_node("FR", own, url, tmp_path)}
+        async with running_nodes(nodes):
+            fr = nodes["FR"]
+            cert = next(c for c in fr.me.trust.certs.values() if c.name == "IT/it-officer")
+            root = load_private_keys(own / "IT" / "root.key").signing
+            old = load_revocations(own / "IT" / "revocations.txt")
+            rl = sign_revocations(root, nation="IT", serial=old.serial + 1, issued=now,  # type: ignore[arg-type]
+                                  entries=[Revocation(cert.fp, now - 5, "key_compromise")])
+            import aiohttp
+
+            async with aiohttp.ClientSession() as s:
+                async with s.post(url + "/v1/revocations", data=rl.raw) as r:
+                    assert r.status == 200, await r.text()
+            await until(lambda: fr.me.trust.revoked_at(cert) == now - 5, what="FR learns the revocation")
+            assert fr.me.trust.usable_at(cert, now) is not None

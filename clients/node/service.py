@@ -25,7 +25,8 @@ from typing import Any, Callable, TypeVar
 
 from clients.connection import Delivery, HubClient
 from hub.keyfiles import load_certificate, load_private_keys, load_trust_dir
-from hub.protocol import envelope
+from hub.protocol import codec, envelope
+from hub.protocol.roster import RevocationList
 from hub.protocol.envelope import Header, Opened
 from hub.protocol.certs import Certificate
 from hub.protocol.content import default_topic, validate_content
@@ -345,11 +346,46 @@ class NodeService:
                 if f is not None:
                     f.cancel()
 
+    def _learn_revocations(self, raw: bytes, source: str) -> None:
+        """A revocation list from the hub: kept only if its nation's root signed it and it is newer."""
+        try:
+            before = self.me.trust.revocations.get(RevocationList.parse(raw).nation)
+            rl = self.me.trust.add_revocations(raw)
+            if rl is not before:
+                log.warning("revocation list of %s, serial %d, from %s: %d certificate(s) revoked",
+                            rl.nation, rl.serial, source, len(rl.entries))
+        except IntelhubError as exc:
+            log.error("revocation list from %s refused: %s", source, exc)
+
+    async def _directory(self, http: Any) -> None:
+        """Refresh certificates and revocation lists from the hub's key directory, every minute.
+
+        Everything in it is signed by a nation's root and checked against the roster here, so the
+        hub can withhold an update but not forge one; nations should also exchange revocations out
+        of band (docs/security.md)."""
+        url = self.config.hub + "/v1/directory"
+        while True:
+            try:
+                async with http.get(url, ssl=self.me.ssl_context(self.config) or True) as r:
+                    d = codec.decode(await r.read(), max_size=16 << 20, max_items=65536) if r.status == 200 else {}
+                for raw in d.get("certs", []) if isinstance(d, dict) else []:
+                    try:
+                        self.me.trust.add_certificate(raw)
+                    except IntelhubError as exc:
+                        log.warning("certificate in the hub's directory refused: %s", exc)
+                for raw in d.get("revocations", []) if isinstance(d, dict) else []:
+                    self._learn_revocations(raw, "the hub's directory")
+            except (OSError, IntelhubError, asyncio.TimeoutError) as exc:
+                log.info("key directory not refreshed: %s", exc)
+            await asyncio.sleep(60)
+
     async def _notices(self) -> None:
         """Checkpoints the hub pushes: verified, compared with the last, cosigned by the watcher."""
         while True:
             kind, data = await self.client.notices.get()
-            if kind == "checkpoint":
+            if kind == "revocations":
+                self._learn_revocations(data, "the hub's notice")
+            elif kind == "checkpoint":
                 try:
                     self.watcher.on_checkpoint(data)
                 except IntelhubError as exc:
@@ -368,6 +404,7 @@ class NodeService:
         http = aiohttp.ClientSession()
         watch_task = asyncio.create_task(self.watcher.run(http, self.config.hub, post=self.client.post, stop=stop))
         notices_task = asyncio.create_task(self._notices())
+        directory_task = asyncio.create_task(self._directory(http))
         try:
             await self.client.wait_connected(timeout=60)
             for s in self.config.subscriptions:
@@ -377,9 +414,9 @@ class NodeService:
                 ready.set()
             await self.pipeline(stop)
         finally:
-            notices_task.cancel()
-            watch_task.cancel()
-            await asyncio.gather(notices_task, watch_task, return_exceptions=True)
+            for t in (notices_task, watch_task, directory_task):
+                t.cancel()
+            await asyncio.gather(notices_task, watch_task, directory_task, return_exceptions=True)
             await http.close()
             self.watcher.close()
             if self._tasks:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hub.protocol import envelope
+from hub.protocol.roster import RevocationList
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError, UntrustedSigner
 from hub.protocol.topics import any_match
 from hub.protocol.trust import Trust
@@ -106,12 +107,18 @@ class Relay:
 
     async def learn_revocations(self, raw: bytes) -> Any:
         try:
+            before = self.trust.revocations.get(RevocationList.parse(raw).nation)
             rl = self.trust.add_revocations(raw)
         except DecodeError as exc:
             raise reject("malformed", f"revocations: {exc}") from None
         except UntrustedSigner as exc:
             raise reject("untrusted_signer", str(exc)) from None
-        await self.storage.put_blob("revocations", rl.nation.encode(), rl.raw)
+        if rl is not before:
+            await self.storage.put_blob("revocations", rl.nation.encode(), rl.raw)
+            # Every connected node hears of a new revocation at once (they also poll the directory).
+            for sessions in self.sessions_by_nation.values():
+                for s in list(sessions):
+                    self.spawn(s.send("notice", kind="revocations", data=rl.raw))
         return rl
 
     def load_directory(self) -> None:
