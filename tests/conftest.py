@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,16 @@ NOW = 1_764_000_000
 def fed() -> Federation:
     return create_federation(G7, now=NOW, seed=b"intelhub-tests", name="intelhub-test",
                              suites=(HYBRID.id, CLASSIC.id))
+
+
+@pytest.fixture(scope="session")
+def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test federation written out (keys marked EXAMPLE ONLY), for hubs and nodes to load."""
+    from hub.keyfiles import write_federation
+
+    d = tmp_path_factory.mktemp("federation")
+    write_federation(fed, d, None, example=True)
+    return d
 
 
 @pytest.fixture()

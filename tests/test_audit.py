@@ -22,7 +22,6 @@ from clients.audit.completeness import audit_completeness
 from clients.audit.fetch import LogClient
 from clients.cli.auditor import audit
 from clients.node.store import NodeStore
-from hub.keyfiles import write_federation
 from hub.protocol import codec, envelope
 from hub.protocol.federation import Federation
 
@@ -33,11 +32,6 @@ from .nodeutil import make_node, running_nodes, until
 SUBS = '[[subscriptions]]\nname = "main"\npatterns = ["alerts.>", "receipts.>"]\n'
 
 
-@pytest.fixture(scope="session")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 @dataclass

@@ -7,12 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 from click.testing import CliRunner
 
 from clients.cli.main import cli
 from clients.scenario import french_freeze, italian_alert
-from hub.keyfiles import write_federation
 from hub.protocol.federation import Federation
 from hub.server.app import RELAY
 
@@ -20,11 +18,6 @@ from .hubutil import hub_config, running_hub
 from .nodeutil import make_node, running_nodes, until
 
 
-@pytest.fixture(scope="module")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 def officer_config(tmp: Path, fed_dir: Path, nation: str, url: str) -> Path:

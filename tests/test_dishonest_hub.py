@@ -16,7 +16,6 @@ import pytest
 from clients.audit import logdb
 from clients.audit.bundle import Bundle
 from clients.node.store import NodeStore
-from hub.keyfiles import write_federation
 from hub.protocol import envelope
 from hub.protocol.federation import Federation
 from hub.protocol.merkle import MerkleTree, leaf_hash
@@ -27,11 +26,6 @@ from .hubutil import collect, node_client, running_hub, seal_for
 from .logutil import checkpoint_at_least, fast_config, watcher
 
 
-@pytest.fixture(scope="session")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 @pytest.fixture()

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 
 from clients.connection import http_publish
-from hub.keyfiles import write_federation
 from hub.protocol import codec, envelope, frames
 from hub.protocol.errors import ProtocolError
 from hub.protocol.federation import Federation
@@ -20,11 +19,6 @@ from .hubutil import collect, hub_config, node_client, running_hub, seal_for
 ALL = ("CA", "DE", "FR", "GB", "IT", "JP", "US")
 
 
-@pytest.fixture(scope="session")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 @pytest.fixture()

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from clients.connection import HubClient
-from hub.keyfiles import write_federation
 from hub.protocol import envelope
 from hub.protocol.errors import ProtocolError
 from hub.protocol.federation import Federation
@@ -28,11 +27,6 @@ from .hubutil import HubProcess, hub_toml, node_client, seal_for
 ALL = ("CA", "DE", "FR", "GB", "IT", "JP", "US")
 
 
-@pytest.fixture(scope="module")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 async def _publish_all(client: HubClient, packets: list[bytes], accepted: dict[bytes, int], deadline: float) -> None:

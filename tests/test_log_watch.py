@@ -6,11 +6,9 @@ import asyncio
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from clients.audit import logdb
 from clients.node.store import NodeStore
-from hub.keyfiles import write_federation
 from hub.protocol import envelope
 from hub.protocol.federation import Federation
 
@@ -19,11 +17,6 @@ from .hubutil import collect, node_client, running_hub, seal_for
 from .logutil import checkpoint_at_least, fast_config, watcher
 
 
-@pytest.fixture(scope="session")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 async def test_live_deliveries_and_promises_are_proven(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:

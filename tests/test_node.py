@@ -11,7 +11,6 @@ import pytest
 
 from clients.node.service import NodeService
 from clients.scenario import IBAN_DE, ORGANISER, WALLET, french_freeze, french_lift, italian_alert, italian_amendment
-from hub.keyfiles import write_federation
 from hub.protocol import codec, envelope
 from hub.protocol.federation import Federation
 from hub.protocol.suites import HYBRID
@@ -20,11 +19,6 @@ from .hubutil import hub_config, node_client, running_hub, seal_for
 from .nodeutil import make_node, running_nodes, until
 
 
-@pytest.fixture(scope="module")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("federation")
-    write_federation(fed, d, None, example=True)
-    return d
 
 
 def stored(svc: NodeService) -> int:

@@ -6,7 +6,6 @@ writes these formats (hub/server/log.py); tests/test_log.py checks both sides ag
 
 from __future__ import annotations
 
-import base64
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,40 +16,31 @@ from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PublicKey
 
 from hub.protocol import codec
 from hub.protocol.certs import Certificate
-from hub.protocol.checkpoint import Checkpoint, check_uint, open_checkpoint, parse_decimal, parse_hash, parse_keyword
+from hub.protocol.checkpoint import Checkpoint, check_uint, open_checkpoint, parse_hash
 from hub.protocol.errors import DecodeError, LogError
 from hub.protocol.keys import SigningPublicKey
-from hub.protocol.merkle import HASH_SIZE, MAX_PROOF_HASHES, leaf_hash, verify_inclusion
-from hub.protocol.note import CosignatureVerifier, NoteVerifier, check_name, open_note
+from hub.protocol.logformat import (  # noqa: F401  (re-exported: the readers' view of the format)
+    LEAF_VERSION, PROMISE_BATCH_HEADER, PROMISE_BATCH_MAX, b64, batch_promise_entries, leaf_data, leaf_hash_for,
+    log_origin,
+)
+from hub.protocol.merkle import MAX_PROOF_HASHES, leaf_hash, verify_inclusion
+from hub.protocol.note import CosignatureVerifier, NoteVerifier, open_note
 from hub.protocol.promise import PROMISE_HEADER, Promise, verify_promise
 from hub.protocol.roster import Roster
 
-LEAF_VERSION: Final[int] = 1
 PROOF_VERSION: Final[int] = 1
 #: Longest merge delay a reader accepts in a promise (the hub promises 60 s).
 MAX_ACCEPTED_MMD: Final[int] = 3600
-PROMISE_BATCH_HEADER: Final[str] = "intelhub promise batch v1"
-PROMISE_BATCH_MAX: Final[int] = 64
 #: Largest leaf: a header of 64 recipients is about 6 KiB.
 MAX_LEAF_BYTES: Final[int] = 64 * 1024
 
 
-def log_origin(hub_name: str) -> str:
-    """The log's origin and the hub's key name in notes: ``<roster hub name>/log``."""
-    return f"{hub_name}/log"
 
 
-def leaf_data(header: bytes, time: int) -> bytes:
-    """A leaf: ``E({header, time, v: 1})``, the signed header and when the hub accepted it."""
-    return codec.encode({"header": header, "time": time, "v": LEAF_VERSION})
 
 
-def leaf_hash_for(header: bytes, time: int) -> bytes:
-    return leaf_hash(leaf_data(header, time))
 
 
-def b64(h: bytes) -> str:
-    return base64.b64encode(h).decode("ascii")
 
 
 def _note_keys(key: SigningPublicKey) -> tuple[Ed25519PublicKey, MLDSA65PublicKey]:
@@ -211,29 +201,6 @@ def consistency_from_wire(d: object, old: int, new: int) -> tuple[bytes, ...]:
 # -- promises -----------------------------------------------------------------------------
 
 
-def batch_promise_entries(text: str, origin: str) -> tuple[int, int, dict[int, tuple[int, bytes]]]:
-    """Parse a batch promise text: (time, mmd, {index: (accepted_at, leaf hash)})."""
-    if not text.endswith("\n"):
-        raise LogError("batch promise must end with a newline")
-    lines = text[:-1].split("\n")
-    if not 5 <= len(lines) <= 4 + PROMISE_BATCH_MAX or lines[0] != PROMISE_BATCH_HEADER:
-        raise LogError(f"not a batch promise of 1-{PROMISE_BATCH_MAX} leaves")
-    if check_name(lines[1], "promise origin") != origin:
-        raise LogError(f"promise is for log {lines[1]!r}, expected {origin!r}")
-    t = parse_keyword(lines[2], "time", "batch promise")
-    mmd = parse_keyword(lines[3], "mmd", "batch promise")
-    entries: dict[int, tuple[int, bytes]] = {}
-    last = -1
-    for line in lines[4:]:
-        parts = line.split(" ")
-        if len(parts) != 3:
-            raise LogError(f"batch promise line {line[:40]!r} is not '<index> <time> <leaf hash>'")
-        index = parse_decimal(parts[0], "batch promise index")
-        if index <= last:
-            raise LogError("batch promise indexes must be strictly increasing")
-        last = index
-        entries[index] = (parse_decimal(parts[1], "batch promise leaf time"), parse_hash(parts[2], "leaf hash"))
-    return t, mmd, entries
 
 
 def open_promise(note: str | bytes, roster: Roster, *, index: int, header: bytes,

@@ -24,7 +24,7 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
 
     from hub.keyfiles import load_private_keys, load_trust_dir
     from hub.server.app import serve as run
-    from hub.server.app import setup_logging
+    from hub.logs import setup_logging
     from hub.server.config import load_config
 
     config = load_config(config_path)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import emit_json, json_option, now, table, trust_option
+from .common import emit_json, json_option, now, trust_option
 
 
 @click.group()

@@ -8,7 +8,6 @@ message and an exit code (documented in README.md, "Exit codes").
 from __future__ import annotations
 
 import importlib
-import sys
 from typing import Any, Final
 
 import click

@@ -20,8 +20,6 @@ from hub.keyfiles import load_private_keys, load_trust_dir
 from hub.protocol import codec, frames
 from hub.protocol.errors import DecodeError, IntelhubError, KeyFileError, ProtocolError
 
-from hub.logs import setup_logging  # noqa: F401  (re-exported for the CLI)
-
 from .config import HubConfig
 from .metrics import Metrics
 from .relay import Relay
@@ -48,9 +46,6 @@ def _error(exc: ProtocolError) -> web.Response:
 
 
 async def ws_handler(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
-    # The heartbeat closes a peer that stops answering pings within idle_timeout (a dead link, or a
-    # slow-loris stuck mid-frame, which cannot answer a ping either).
     # No aiohttp heartbeat (it restarts on every byte, so a peer dripping one frame forever would
     # never be closed): Session.watchdog pings on a fixed clock and closes silent peers.
     ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=None, autoping=False, compress=False)

@@ -17,7 +17,6 @@ note; several: the batch note of §9.4). Signing is thereby capped at one promis
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 import uuid
@@ -38,7 +37,8 @@ from hub.protocol.merkle import MerkleTree
 from hub.protocol.note import CosignatureVerifier, NoteSigner, sign_note, split_note
 from hub.protocol.promise import Promise, sign_promise
 
-from .sqlite_store import leaf_data, leaf_hash
+from hub.protocol.logformat import PROMISE_BATCH_MAX, b64, batch_promise_body, leaf_data, log_origin
+from hub.protocol.merkle import leaf_hash
 from .storage import Appended, NewPacket
 
 log = logging.getLogger("intelhub.hub.log")
@@ -48,8 +48,6 @@ MAX_MERGE_DELAY: Final[int] = 60
 #: At most one promise signature per this many seconds; publishes meanwhile share the next one.
 PROMISE_SPACING: Final[float] = 0.005
 #: Leaves listed in one batch promise (keeps its text under 4 KiB).
-PROMISE_BATCH_MAX: Final[int] = 64
-PROMISE_BATCH_HEADER: Final[str] = "intelhub promise batch v1"
 #: An unchanged tree is signed again this often, so witnesses see the log is alive.
 CHECKPOINT_HEARTBEAT: Final[int] = 60
 #: Signed checkpoints kept in memory for ``GET /v1/log/checkpoint?size=``.
@@ -61,13 +59,8 @@ CATCH_UP_PAGE: Final[int] = 1000
 FUTURE_SKEW: Final[int] = 300
 
 
-def log_origin(hub_name: str) -> str:
-    """The log's origin and key name: ``<roster hub name>/log`` (§9.1)."""
-    return f"{hub_name}/log"
 
 
-def b64(h: bytes) -> str:
-    return base64.b64encode(h).decode("ascii")
 
 
 def _reject(reason: str) -> ProtocolError:
@@ -313,10 +306,6 @@ class HubLog:
                 for n, (cp, t, note) in sorted(self._cosigned.items())]
 
 
-def batch_promise_body(origin: str, now: int, mmd: int, entries: list[tuple[int, int, bytes]]) -> str:
-    """The text of a batch promise (§9.4): one ``<index> <time> <leaf hash>`` line per leaf."""
-    lines = [f"{i} {t} {b64(h)}" for i, t, h in entries]
-    return f"{PROMISE_BATCH_HEADER}\n{origin}\ntime {now}\nmmd {mmd}\n" + "".join(x + "\n" for x in lines)
 
 
 # -- HTTP (§8.7, §9.7) -----------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from hub.protocol import codec, frames
+from hub.protocol import frames
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError
 from hub.protocol.topics import any_match, check_pattern
 

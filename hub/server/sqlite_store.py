@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-import hashlib
 import json
 import queue
 import sqlite3
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.migrations import migrate
-from hub.protocol import codec
+from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
 
 from .storage import Appended, Conflict, NewPacket, StoredPacket, Subscription
@@ -80,13 +79,8 @@ _SCAN: Final = "SELECT log_index FROM packet_recipients WHERE nation = ? AND log
 RECENT: Final[int] = 8192
 
 
-def leaf_data(header: bytes, accepted_at: int) -> bytes:
-    """The log leaf for a packet (docs/protocol.md §9): its signed header and the acceptance time."""
-    return codec.encode({"header": header, "time": accepted_at, "v": 1})
 
 
-def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
 
 
 def _row(r: tuple[Any, ...]) -> StoredPacket:
@@ -191,7 +185,7 @@ class SQLiteStorage:
                     out.append(Appended(row[0], row[2], True) if row[1] == p.digest else Conflict(row[0]))
                     continue
                 index = self._next_index
-                leaf = leaf_hash(leaf_data(p.header, now))
+                leaf = leaf_hash_for(p.header, now)
                 c.execute(
                     "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (index, p.packet_id, p.digest, p.sender, p.signer, p.topic, p.created, p.expires, now,
