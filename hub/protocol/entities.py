@@ -66,6 +66,8 @@ LINK_TYPES: Final[tuple[str, ...]] = (
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")
 _DATE = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
 _SPACES = re.compile(r"\s+")
+#: Unicode category Cc (C0 and C1 controls) except newline and tab: one regex, not a loop per character.
+_CONTROL: Final = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _DECIMAL = re.compile(r"\d+(\.\d+)?")
 _UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]00:00)")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -92,9 +94,8 @@ def clean_text(value: object, path: str, max_len: int, *, multiline: bool = Fals
         text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     else:
         text = _SPACES.sub(" ", text).strip()  # names compare equal however they were spaced
-    bad = next((c for c in text if unicodedata.category(c) == "Cc" and c not in "\n\t"), None)
-    if bad is not None:
-        raise ValidationError(path, f"contains the control character U+{ord(bad):04X}")
+    if (c := _CONTROL.search(text)) is not None:
+        raise ValidationError(path, f"contains the control character U+{ord(c[0]):04X}")
     if (m := _BIDI.search(text)) is not None:
         raise ValidationError(path, f"contains the invisible bidirectional control U+{ord(m[0]):04X}")
     if not text:
