@@ -65,6 +65,29 @@ def encode_frame(t: str, **fields: Any) -> bytes:
     return msgpack.packb(out, use_bin_type=True)
 
 
+_pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_deliver(sub: str, index: int, packet: bytes, cert: bytes | None, proof: bytes | None) -> bytes:
+    """A canonical ``deliver`` frame from parts, ``proof`` given already encoded (canonically).
+
+    The hub's hottest frame: built by concatenation in key order (cert, index, packet, proof, sub, t),
+    so the proof is encoded once per packet rather than once per recipient.
+    """
+    parts = [b""]
+    n = 4
+    if cert is not None:
+        parts += [_pack("cert"), _pack(cert)]
+        n += 1
+    parts += [_pack("index"), _pack(index), _pack("packet"), _pack(packet)]
+    if proof is not None:
+        parts += [_pack("proof"), proof]
+        n += 1
+    parts += [_pack("sub"), _pack(sub), _pack("t"), _pack("deliver")]
+    parts[0] = bytes([0x80 | n])  # a fixmap: at most 6 entries
+    return b"".join(parts)
+
+
 def decode_frame(data: bytes, allowed: frozenset[str], *, max_size: int = MAX_FRAME) -> dict[str, Any]:
     """Decode one frame whose type must be in ``allowed``; the schema is checked field by field."""
     f = codec.decode(data, max_size=max_size, max_items=256)

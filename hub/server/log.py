@@ -92,6 +92,7 @@ class HubLog:
         self._stalled_ticks = 0
         self._load_state()
         relay.metrics.log_size.set(self.tree.size)
+        self._proof_cache: dict[int, tuple[int, bytes]] = {}
 
     # -- state kept across restarts ------------------------------------------------------
 
@@ -205,6 +206,18 @@ class HubLog:
         return sign_note(batch_promise_body(self.origin, now, self.mmd, entries), self.signer)
 
     # -- proofs ------------------------------------------------------------------------
+
+    def delivery_proof_bytes(self, index: int, accepted_at: int) -> bytes:
+        """:meth:`delivery_proof` canonically encoded, cached: every recipient of a packet gets the same."""
+        size = self._latest[0].size if self._latest is not None else 0
+        hit = self._proof_cache.get(index)
+        if hit is not None and hit[0] == size:
+            return hit[1]
+        data = codec.encode(self.delivery_proof(index, accepted_at))
+        self._proof_cache[index] = (size, data)
+        if len(self._proof_cache) > 4096:
+            self._proof_cache.pop(next(iter(self._proof_cache)))
+        return data
 
     def delivery_proof(self, index: int, accepted_at: int | None = None) -> dict[str, Any] | None:
         """The ``proof`` of a deliver frame (§9.5): the leaf's time, and its inclusion path in

@@ -179,8 +179,10 @@ class Session:
             if c is not None:
                 cert = c.raw
                 self.sent_certs.add(p.signer)
-        proof = self.relay.hub_log.delivery_proof(p.index, p.accepted_at) if self.relay.hub_log else None
-        await self.send("deliver", sub=sub, index=p.index, packet=p.raw, cert=cert, proof=proof)
+        proof = self.relay.hub_log.delivery_proof_bytes(p.index, p.accepted_at) if self.relay.hub_log else None
+        data = frames.encode_deliver(sub, p.index, p.raw, cert, proof)  # type: ignore[arg-type]
+        async with self._send_lock:
+            await self.ws.send_bytes(data)
         self.relay.metrics.delivered.inc()
 
     # -- the connection ------------------------------------------------------------
