@@ -1,8 +1,8 @@
 """The node store's tables (numbered migrations) and the mapping of content onto rows.
 
-Everything here is pure: the DDL as data, and :func:`derive` which turns one version of an
-alert or freeze (docs/content.md §7, §8) into the rows of the current view. ``store.py`` does
-the I/O. Tables, and who reads them:
+No I/O here: the DDL as data, and :func:`derive` which turns one version of an alert or
+freeze (docs/content.md §7, §8) into the rows of the current view (with a cache of analysed
+names). ``store.py`` does the I/O. Tables, and who reads them:
 
 * ``packets`` / ``packet_blobs`` — every packet received, one row each; the blobs (raw signed
   packet, commitment salt, canonical content bytes) sit apart so that scans of the metadata
@@ -14,9 +14,16 @@ the I/O. Tables, and who reads them:
   ``identifiers`` (normalised, for ``lookup``), ``links``, ``freezes``, ``assets``.
 * ``receipts``, ``sent`` (what this nation published), ``quarantine``, ``outbox`` (sinks).
 
-Two name indexes, two jobs: ``name_keys`` holds :func:`clients.node.names.index_keys` (phonetic
-skeletons across scripts) and answers fuzzy search with bounded, length-ordered postings;
-FTS5 answers exact word and prefix queries (``Rash*``) in any script, which skeletons cannot.
+Two name indexes, two jobs, both FTS5: ``name_keys`` holds :func:`clients.node.names.index_keys`
+(phonetic skeletons across scripts) and answers fuzzy search with bounded, length-ordered
+postings; ``names_fts`` answers exact word and prefix queries (``Rash*``) over the names as
+written and normalised, which skeletons cannot.
+
+Indexes, by the lookup that needs them: packet id (duplicates, ``show``, ``has_packet``), log
+index (audits), ``ref`` (versions), record's original id (amendments, ``show``), versions by
+record, entities by record, names by entity, identifier digest (``lookup``), links, assets and
+freeze by record, freeze status, receipts by ``ref`` (``status``), sent by ``ref``, quarantine
+by digest (idempotence), outbox by sink and due time.
 """
 
 from __future__ import annotations
@@ -224,8 +231,6 @@ MIGRATIONS: Final[list[str]] = [
 
 #: Entity fields (besides the lists ``countries`` and ``nationality``) that name a country.
 SINGLE_COUNTRY_FIELDS: Final = ("jurisdiction", "flag")
-
-
 #: rowid of a name's document in ``name_keys``: ``nkeys << KEY_SHIFT | names.id``.
 KEY_SHIFT: Final[int] = 40
 NAME_ID_MASK: Final[int] = (1 << KEY_SHIFT) - 1
@@ -294,9 +299,6 @@ class Rows:
     links: list[tuple[Any, ...]] = field(default_factory=list)
     freezes: list[tuple[Any, ...]] = field(default_factory=list)
     assets: list[tuple[Any, ...]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.entities) + len(self.names) + len(self.assets)
 
 
 #: INSERT statement per Rows field, in the column order derive() writes.

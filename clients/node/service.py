@@ -49,6 +49,8 @@ RECEIPTED = frozenset({"alert", "freeze", "amend", "withdraw"})
 #: before its acknowledgement; "before_store:N" exits just before the N-th commit.
 FAULT_ENV = "INTELHUB_FAULT"
 #: Deliveries being verified and decrypted at once, and most committed in one transaction.
+#: Internal outbox "sinks" for the receipts a node owes (drained by NodeService.receipts).
+RECEIPT_SINKS = {"delivered": "intelhub.receipt.delivered", "processed": "intelhub.receipt.processed"}
 PIPELINE = 256
 MAX_BATCH = 128
 #: Packet ids remembered in memory, so redeliveries after a reconnect skip the crypto.
@@ -164,6 +166,7 @@ class NodeService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""))
         self._recent_ids: OrderedDict[str, None] = OrderedDict()
+        self._receipts_due = asyncio.Event()
 
     def now(self) -> int:
         return int(self.clock())
@@ -218,12 +221,17 @@ class NodeService:
             h, decision = p.opened.header, p.decision
             if self.runner and decision.sinks:
                 self.runner.kick()
-            if p.opened.content["type"] in RECEIPTED and h.sender != self.me.nation:
-                if self.config.send_delivered:
-                    self._spawn(self.send_receipt(h.packet_id, "delivered", h.sender))
-                if decision.processed:
-                    self._spawn(self.send_receipt(h.packet_id, "processed", h.sender))
+        if any(r == "stored" for r in results):
+            self._receipts_due.set()
         return results
+
+    def _receipt_sinks(self, o: Opened, dec: Decision) -> tuple[str, ...]:
+        """Receipts owed for a packet: queued in the store's outbox in the packet's own transaction,
+        so a crash after the commit cannot lose them (the receipt worker sends them)."""
+        if dec.action != "store" or o.content["type"] not in RECEIPTED or o.header.sender == self.me.nation:
+            return ()
+        return ((RECEIPT_SINKS["delivered"],) if self.config.send_delivered else ()) + \
+            ((RECEIPT_SINKS["processed"],) if dec.processed else ())
 
     def _store_batch(self, batch: list[Prepared]) -> list[str]:
         """On the store thread: quarantine failures, ingest the rest in ONE transaction (one fsync)."""
@@ -243,8 +251,9 @@ class NodeService:
             else:
                 seen.add(p.header.packet_id)
                 o, dec = p.opened, p.decision
+                sinks = tuple(dec.sinks) + self._receipt_sinks(o, dec)  # type: ignore[arg-type, union-attr]
                 todo.append((i, Incoming(d.packet, o.header, o.signer, o.content, o.salt, o.content_bytes, d.index,
-                                         p.received, d.proof, dec.action, dec.rule, tuple(dec.sinks),  # type: ignore[union-attr]
+                                         p.received, d.proof, dec.action, dec.rule, sinks,  # type: ignore[union-attr]
                                          dec.processed)))  # type: ignore[union-attr]
                 out.append("")
         self._maybe_crash("before_store", len(todo))
@@ -277,26 +286,65 @@ class NodeService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def send_receipt(self, ref: str, status: str, originator: str, attempts: int = 8) -> bool:
-        """Seal and publish a signed receipt; retried with backoff while the hub is unreachable."""
-        raw, content = await asyncio.get_running_loop().run_in_executor(
-            self.crypto, self.me.seal_receipt, ref, status, originator, self.now())
-        h = envelope.parse_packet(raw).header
-        delay = 0.5
-        for _ in range(attempts):
+    async def receipts(self) -> None:
+        """Send the receipts queued in the store's outbox, oldest first, until none are due.
+
+        A receipt leaves the outbox only once the hub accepted it (and it is recorded as sent), in
+        that order: a crash in between re-sends the same receipt, which the hub takes as a retry."""
+        store = self.st.store
+        while True:
+            self._receipts_due.clear()
+            failed = False
+            for status, sink in RECEIPT_SINKS.items():
+                for item in await self.st.call(store.outbox_pending, sink, 32, self.now()):
+                    if not await self._send_receipt(item, status):
+                        failed = True
+                        break
             try:
-                r = await self.client.publish(raw, timeout=30)
-                await self.st.call(self.st.store.record_sent, raw=raw, header=h, content=content,
-                                   log_index=r.index, promise=r.promise, sent_at=self.now())
-                self.counts[f"receipts_{status}"] += 1
-                return True
-            except ProtocolError as exc:
-                if exc.code not in ("timeout", "unavailable", "rate_limited", "closed", "unreachable"):
-                    log.error("receipt for %s refused by the hub: %s", ref, exc)
-                    return False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30)
-        return False
+                await asyncio.wait_for(self._receipts_due.wait(), 5.0 if failed else 60.0)
+            except TimeoutError:
+                pass
+
+    async def _still_valid(self, raw: bytes) -> bool:
+        """Whether a receipt sealed earlier can still be sent: the hub answers an accepted packet as a
+        retry whatever its age, and refuses an unaccepted one outside its clock window."""
+        if envelope.parse_packet(raw).header.created >= self.now() - 60:
+            return True
+        try:
+            await self.client.publish(raw, timeout=30)
+            return True
+        except ProtocolError as exc:
+            return exc.code not in ("clock_skew", "expired")
+
+    async def _send_receipt(self, item: Any, status: str) -> bool:
+        ref, originator = item.packet_id, item.payload["sender"]
+        store = self.st.store
+        # Sealed once and recorded before it is published: after a crash the same bytes go again,
+        # which the hub answers as a retry, so the originator never holds two receipts for one packet.
+        raw = await self.st.call(store.sent_receipt, ref, status)
+        if raw is not None and not await self._still_valid(raw):
+            raw = None  # the hub never accepted it and now never will (too old): seal anew
+        if raw is None:
+            raw, content = await asyncio.get_running_loop().run_in_executor(
+                self.crypto, self.me.seal_receipt, ref, status, originator, self.now())
+            await self.st.call(store.record_sent, raw=raw, header=envelope.parse_packet(raw).header,
+                               content=content, log_index=None, promise=None, sent_at=self.now())
+        else:
+            content = {"type": "receipt", "ref": ref, "status": status}
+        try:
+            r = await self.client.publish(raw, timeout=30)
+        except IntelhubError as exc:
+            # Kept, with backoff (no limit on attempts): the originator is owed this receipt.
+            retry = self.now() + min(300, 2 ** min(item.attempts, 8))
+            await self.st.call(self.st.store.outbox_failed, item.id, str(exc), retry)
+            log.info("receipt for %s not sent yet: %s", ref, exc)
+            return False
+        h = envelope.parse_packet(raw).header
+        await self.st.call(self.st.store.record_sent, raw=raw, header=h, content=content, log_index=r.index,
+                           promise=r.promise, sent_at=self.now())
+        await self.st.call(self.st.store.outbox_done, [item.id])
+        self.counts[f"receipts_{status}"] += 1
+        return True
 
     async def pipeline(self, stop: asyncio.Event, source: AsyncIterator[Delivery] | None = None) -> None:
         """Deliveries flow through ``prepare`` concurrently (up to PIPELINE at once) and are committed
@@ -405,6 +453,7 @@ class NodeService:
         watch_task = asyncio.create_task(self.watcher.run(http, self.config.hub, post=self.client.post, stop=stop))
         notices_task = asyncio.create_task(self._notices())
         directory_task = asyncio.create_task(self._directory(http))
+        receipts_task = asyncio.create_task(self.receipts())
         try:
             await self.client.wait_connected(timeout=60)
             for s in self.config.subscriptions:
@@ -414,9 +463,9 @@ class NodeService:
                 ready.set()
             await self.pipeline(stop)
         finally:
-            for t in (notices_task, watch_task, directory_task):
+            for t in (notices_task, watch_task, directory_task, receipts_task):
                 t.cancel()
-            await asyncio.gather(notices_task, watch_task, directory_task, return_exceptions=True)
+            await asyncio.gather(notices_task, watch_task, directory_task, receipts_task, return_exceptions=True)
             await http.close()
             self.watcher.close()
             if self._tasks:

@@ -4,7 +4,8 @@ One SQLite file (WAL, ``synchronous=FULL``: a packet is acknowledged only once c
 schema under numbered migrations (``clients/node/schema.py``). Each :meth:`NodeStore.ingest`
 is one transaction holding the raw signed packet, every derived row and the sinks' outbox rows,
 so a crash leaves either all of it or none. :meth:`NodeStore.ingest_many` is the same code over
-many packets in one transaction (bulk loads, the benchmark).
+many packets in one transaction; :meth:`NodeStore.ingest_stream` feeds it batch after batch
+with name analysis in a helper process (bulk loads; ``bench/store.py`` measures it).
 
 Records and versions (docs/content.md §9, §10): an alert or freeze is a *record* named by its
 original packet id. Amendments and withdrawals add *versions*; only the original's sender may
@@ -235,6 +236,8 @@ class NodeStore:
         finally:
             with self._lock:
                 self._conn.execute("PRAGMA wal_autocheckpoint=1000")
+                # Fold the big WAL into the file now, or every read would consult it.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def quarantine(self, *, raw: bytes, reason: str, log_index: int | None, received_at: int,
                    packet_id: str | None = None) -> None:
@@ -255,6 +258,17 @@ class NodeStore:
                 (header.packet_id, content["type"], content.get("ref"), header.topic,
                  json.dumps(list(header.nations)), header.created, log_index, promise, sent_at,
                  codec.encode(content), raw))
+
+    def sent_receipt(self, ref: str, status: str) -> bytes | None:
+        """The newest receipt (raw packet) this nation sealed for ``ref`` with ``status``, if any:
+        re-sending those same bytes makes a retry idempotent at the hub."""
+        with self._lock:
+            rows = self._conn.execute("SELECT raw, content FROM sent WHERE type = 'receipt' AND ref = ? "
+                                      "ORDER BY created DESC", (ref,)).fetchall()
+        for raw, content in rows:
+            if codec.decode(content).get("status") == status:
+                return bytes(raw)
+        return None
 
     def mark_processed(self, packet_id: str) -> bool:
         """True if this call marked the packet processed (it is stored and was not yet)."""
@@ -333,6 +347,10 @@ class NodeStore:
         with self._tx():
             self._conn.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_at = ? "
                                "WHERE id = ?", (error, retry_at, item_id))
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _names_of(batch: Sequence[Incoming]) -> list[str]:
@@ -453,8 +471,8 @@ class _Writer:
             raise ValidationError("ref", f"packet {ref} was published by {owner}; only {owner} may "
                                          f"{verb} it, not {h.sender}")
         if verb == "amend" and rtype is not None and content["content"]["type"] != rtype:
-            raise ValidationError("content.type", f"an amendment of a {rtype} must be a {rtype}, "
-                                                  f"not a {content['content']['type']}")
+            raise ValidationError("content.type", f"an amendment of {_a(rtype)} must be {_a(rtype)}, "
+                                                  f"not {_a(content['content']['type'])}")
         self.conn.execute(_VERSION_SQL, (rid, 0, pid, verb, h.sender, h.created, item.received_at,
                                          content["reason"], None))
         self._refresh(rid)

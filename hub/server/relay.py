@@ -185,6 +185,13 @@ class Relay:
         if not any_match(self.config.publish_patterns(h.sender), h.topic):
             raise reject("forbidden_topic", f"{h.sender} may not publish to {h.topic} "
                          f"(allowed: {', '.join(self.config.publish_patterns(h.sender))})")
+        # A packet accepted before is answered as before, however long ago it was sealed (an idempotent
+        # retry after an outage) until it expires; the clock checks below are for packets not yet held.
+        existing = self.storage.get(h.id)
+        if existing is not None and h.expires > now:
+            if existing.header != h.raw:
+                raise reject("conflict", f"a different packet was already accepted under id {h.packet_id}")
+            return Accepted(existing.index, h.id, True, existing.accepted_at, None)
         skew = limits.max_clock_skew
         if abs(h.created - now) > skew:
             raise reject("clock_skew", f"packet created {h.created - now:+d} s from the hub's clock (window ±{skew} s); check the clock")

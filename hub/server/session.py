@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from hub.protocol import frames
-from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError
+from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError
 from hub.protocol.topics import any_match, check_pattern
 
 from .relay import Relay, reject
@@ -67,6 +67,12 @@ class Feed:
         return min(self.inflight) - 1 if self.inflight else self.scan_pos
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except (ConnectionError, RuntimeError):
+            pass  # the connection closed under a send: the session ends, the cursor is on disk
+
+    async def _run(self) -> None:
         self.relay.listen(self.nation, self.event)
         window = self.session.window
         ack_timeout = self.relay.config.limits.ack_timeout
@@ -291,6 +297,7 @@ class Session:
                     continue
                 if data is None:
                     return
+                f: dict[str, Any] | None = None
                 try:
                     f = frames.decode_frame(data, frames.NODE_TO_HUB)
                     await self.handle(f)
@@ -298,6 +305,10 @@ class Session:
                     await self.send_error("bad_frame", str(exc))
                 except ProtocolError as exc:
                     await self.send_error(exc.code, str(exc))
+                except StoreError as exc:  # the disk refuses writes: this request fails, the session lives
+                    log.error("session %s: store refused: %s", self.id, exc)
+                    await self.send_error("unavailable", "the hub cannot store this right now; retry later",
+                                          f.get("rid") if f is not None else None)
         finally:
             watchdog.cancel()
             relay.metrics.connections.labels(self.nation).dec()

@@ -1,0 +1,1 @@
+"""Reliability: the whole federation as real processes under faults (and, in bench/soak.py, under load)."""
