@@ -136,7 +136,8 @@ class HubClient:
                     await self._ws.send_bytes(frames.encode_frame(t, rid=rid, **fields))
                 except (ConnectionError, RuntimeError, aiohttp.ClientError):
                     pass  # re-sent after reconnecting
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+                return await fut
         except TimeoutError:
             raise ProtocolError(f"no answer from the hub within {timeout:g} s", "timeout") from None
         finally:

@@ -376,3 +376,27 @@ def test_random_mutations_only_raise_project_errors(fed: Federation, trust: Trus
 
 def test_suites_are_registered() -> None:
     assert set(SUITES) == {HYBRID.id, CLASSIC.id}
+
+
+def test_fast_aad_and_info_equal_the_canonical_encoding(fed: Federation) -> None:
+    """The receive path packs the AEAD's associated data and HPKE ``info`` directly; they must be the
+    bytes the canonical encoder gives (which is what seal() binds)."""
+    h = envelope.parse_packet(make(fed, to=("FR", "DE", "GB", "US"))).header
+    sender = {"nation": h.sender, "cert": h.sender_cert}
+    assert envelope._aad_of(h) == codec.encode({
+        "v": envelope.VERSION, "suite": h.suite.id, "id": h.id, "sender": sender,
+        "to": list(h.nations), "topic": h.topic, "created": h.created, "expires": h.expires,
+    })
+    for r in h.to:
+        assert envelope._info(h.suite.id, h.id, sender, r.nation, r.key) == signing_input("wrap", codec.encode(
+            {"suite": h.suite.id, "id": h.id, "sender": sender, "recipient": {"nation": r.nation, "key": r.key}}))
+
+
+def test_check_signature_refuses_a_certificate_other_than_the_headers(fed: Federation, trust: Trust) -> None:
+    """The worker-process half of verify() trusts the certificate it is handed only if it is the signer's."""
+    packet = envelope.parse_packet(make(fed))
+    signer = envelope.check_signer(packet.header, trust, NOW)
+    envelope.check_signature(packet, signer)
+    other = fed.members["IT"].node_cert
+    with pytest.raises(InvalidPacket):
+        envelope.check_signature(packet, other)

@@ -18,7 +18,8 @@ from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
 _TOP: Final = {"node", "subscriptions", "receipts", "filters", "watchlists", "sinks", "witness"}
-_NODE: Final = {"nation", "hub", "key", "cert", "trust", "store", "ca_file", "window", "log_level", "officer_cert"}
+_NODE: Final = {"nation", "hub", "key", "cert", "trust", "store", "ca_file", "window", "log_level", "officer_cert",
+                 "crypto_workers"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class NodeConfig:
     subscriptions: tuple[Subscription, ...]
     send_delivered: bool
     doc: dict[str, Any] = field(repr=False)
+    crypto_workers: int = 0
 
     @property
     def base(self) -> Path:
@@ -95,6 +97,10 @@ def parse_node_config(text: str, path: Path) -> NodeConfig:
     window = node.get("window", 256)
     if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 4096:
         raise ConfigError("node.window: must be an integer 1-4096")
+    workers = node.get("crypto_workers", 0)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= 64:
+        raise ConfigError("node.crypto_workers: must be an integer 0-64 (worker processes that open packets; "
+                          "0 opens them on threads of the node's own process)")
     log_level = node.get("log_level", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("node.log_level: must be one of debug, info, warning, error")
@@ -127,7 +133,7 @@ def parse_node_config(text: str, path: Path) -> NodeConfig:
     if not isinstance(delivered, bool):
         raise ConfigError("receipts.delivered: must be true or false")
     return NodeConfig(path.resolve(), nation, hub.rstrip("/"), p("key"), p("cert"), p("trust"), store, ca_file,
-                      window, log_level, tuple(subs), delivered, doc)
+                      window, log_level, tuple(subs), delivered, doc, workers)
 
 
 def load_node_config(path: Path | str) -> NodeConfig:

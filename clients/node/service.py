@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Callable, TypeVar
 
 from clients.connection import Delivery, HubClient
+from hub.aio import wait_event
 from hub.keyfiles import load_certificate, load_private_keys, load_trust_dir
 from hub.protocol import codec, envelope
 from hub.protocol.roster import RevocationList
@@ -35,6 +36,7 @@ from hub.protocol.keys import KemKey, SigningKey
 from hub.protocol.trust import Trust
 
 from .config import NodeConfig
+from .cryptopool import CryptoPool
 from .filters import Decision, FilterSet
 from .sinks import SinkRunner, sinks_from_config
 from .store import Incoming, NodeStore
@@ -53,6 +55,8 @@ FAULT_ENV = "INTELHUB_FAULT"
 RECEIPT_SINKS = {"delivered": "intelhub.receipt.delivered", "processed": "intelhub.receipt.processed"}
 PIPELINE = 256
 MAX_BATCH = 128
+#: How long a commit waits for packets already being opened to join its batch (seconds).
+BATCH_WAIT = 0.01
 #: Packet ids remembered in memory, so redeliveries after a reconnect skip the crypto.
 RECENT_IDS = 65536
 
@@ -158,7 +162,8 @@ class NodeService:
         self.client = HubClient(config.hub, signing=self.me.signing, cert=self.me.cert,
                                 roster_fp=self.me.trust.roster.fp, hub_name=self.me.trust.roster.hub_name,
                                 window=config.window, ssl_context=self.me.ssl_context(config))
-        self.crypto = ThreadPoolExecutor(2, thread_name_prefix="node-crypto")
+        self.crypto = CryptoPool(config.crypto_workers, self.me.nation, self.me.kem)
+        self.sealer = ThreadPoolExecutor(1, thread_name_prefix="node-seal")
         # Watches the hub's log: inclusion of every packet, consistent checkpoints, cosignatures.
         self.watcher = LogWatcher(config.store, self.me.trust, nation=self.me.nation, signing=self.me.signing,
                                   cert=self.me.cert, ssl_context=self.me.ssl_context(config), pin_interval=10.0)
@@ -180,12 +185,13 @@ class NodeService:
 
     async def prepare(self, d: Delivery) -> Prepared:
         """Everything before the store: parse, skip known packets, verify and decrypt (on a worker
-        thread: the crypto releases the GIL), filter. Never raises for a bad packet."""
+        thread or process: see cryptopool), filter. Never raises for a bad packet."""
         received = self.now()
         try:
             if d.cert is not None:
                 self.me.trust.add_certificate(d.cert)
-            header = envelope.parse_packet(d.packet).header
+            packet = envelope.parse_packet(d.packet)
+            header = packet.header
         except IntelhubError as exc:
             return Prepared(d, received, None, error=exc)
         # A redelivery of something just stored skips the crypto; anything else already stored is
@@ -193,9 +199,9 @@ class NodeService:
         if header.packet_id in self._recent_ids:
             return Prepared(d, received, header, duplicate=True)
         try:
-            opened = await asyncio.get_running_loop().run_in_executor(
-                self.crypto, partial(envelope.open_packet, d.packet, nation=self.me.nation, kem=self.me.kem,
-                                     trust=self.me.trust, now=received))
+            # The trust decision here, against the live trust store; the rest on any core.
+            signer = envelope.check_signer(packet.header, self.me.trust, received)
+            opened = await self.crypto.open(packet, signer)
         except IntelhubError as exc:
             return Prepared(d, received, header, error=exc)
         return Prepared(d, received, header, opened, self.filters.decide(opened.header, opened.content))
@@ -300,10 +306,7 @@ class NodeService:
                     if not await self._send_receipt(item, status):
                         failed = True
                         break
-            try:
-                await asyncio.wait_for(self._receipts_due.wait(), 5.0 if failed else 60.0)
-            except TimeoutError:
-                pass
+            await wait_event(self._receipts_due, 5.0 if failed else 60.0)
 
     async def _still_valid(self, raw: bytes) -> bool:
         """Whether a receipt sealed earlier can still be sent: the hub answers an accepted packet as a
@@ -326,7 +329,7 @@ class NodeService:
             raw = None  # the hub never accepted it and now never will (too old): seal anew
         if raw is None:
             raw, content = await asyncio.get_running_loop().run_in_executor(
-                self.crypto, self.me.seal_receipt, ref, status, originator, self.now())
+                self.sealer, self.me.seal_receipt, ref, status, originator, self.now())
             await self.st.call(store.record_sent, raw=raw, header=envelope.parse_packet(raw).header,
                                content=content, log_index=None, promise=None, sent_at=self.now())
         else:
@@ -353,6 +356,7 @@ class NodeService:
         ``source`` defaults to the hub connection; the pipeline ends when it is exhausted or ``stop`` is set.
         """
         ready: asyncio.Queue[asyncio.Future[Prepared] | None] = asyncio.Queue(PIPELINE)
+        loop = asyncio.get_running_loop()
 
         async def hub_deliveries() -> AsyncIterator[Delivery]:
             while True:
@@ -369,10 +373,20 @@ class NodeService:
                 if head is None:
                     return
                 batch = [await head]
+                # Group commit: take what is ready, and wait a little for packets already being
+                # opened (each commit costs an fsync); never wait for packets not yet received.
+                deadline = loop.time() + BATCH_WAIT
                 while len(batch) < MAX_BATCH and not ready.empty():
                     nxt = ready._queue[0]  # type: ignore[attr-defined]
-                    if nxt is None or not nxt.done():
+                    if nxt is None:
                         break
+                    if not nxt.done():
+                        left = deadline - loop.time()
+                        if left <= 0:
+                            break
+                        await asyncio.wait([nxt], timeout=left)
+                        if not nxt.done():
+                            break
                     batch.append(await ready.get_nowait())  # type: ignore[misc]
                 await self.commit(batch)
                 for p in batch:  # acknowledged only now: committed, quarantined, or already stored
@@ -445,6 +459,7 @@ class NodeService:
         import aiohttp
 
         stop = stop or asyncio.Event()
+        await self.crypto.warm()  # worker processes, if configured, up before the first packet
         # Packets stored before the watcher saw them (a crash between commit and watch): paged, on a thread.
         await asyncio.get_running_loop().run_in_executor(None, self.watcher.backfill, self.st.store.raw_packets())
         await self.client.start()
@@ -477,4 +492,5 @@ class NodeService:
                 await self.runner.close()  # type: ignore[union-attr]
             await self.client.close()
             self.crypto.shutdown(wait=False)
+            self.sealer.shutdown(wait=False)
             self.st.close()

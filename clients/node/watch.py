@@ -44,6 +44,7 @@ from clients.audit.tlog import (
     MAX_ACCEPTED_MMD, InclusionProof, header_of_packet, log_origin, open_hub_checkpoint, open_promise, proof_from_wire,
     witness_verifier,
 )
+from hub.aio import wait_event
 from hub.protocol.certs import Certificate
 from hub.protocol.checkpoint import Checkpoint, cosign_checkpoint, verify_cosignature
 from hub.protocol.errors import IntelhubError, LogError
@@ -213,10 +214,7 @@ class LogWatcher:
                 await self.poll(session, base_url, post=post)
             except (IntelhubError, sqlite3.Error) as exc:
                 log.warning("log check incomplete: %s", exc)
-            try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+            await wait_event(stop, interval)
 
     async def poll(self, session: aiohttp.ClientSession, base_url: str, *, post: Post | None = None) -> PollReport:
         """Fetch the latest checkpoint and check it; prove pending leaves and promises; cosign; compare witnesses."""

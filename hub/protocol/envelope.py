@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -178,11 +179,23 @@ def _aad(h: dict[str, Any]) -> bytes:
     })
 
 
+def _aad_of(h: Header) -> bytes:
+    """:func:`_aad` of a parsed header. Its fields were checked by the strict decoder, so they are
+    packed directly, keys in canonical order (the vectors and tests hold the two equal)."""
+    return msgpack.packb({
+        "created": h.created, "expires": h.expires, "id": h.id,
+        "sender": {"cert": h.sender_cert, "nation": h.sender}, "suite": h.suite.id,
+        "to": [r.nation for r in h.to], "topic": h.topic, "v": VERSION,
+    }, use_bin_type=True)
+
+
 def _info(suite: str, packet_id: bytes, sender: dict[str, Any], nation: str, key: bytes) -> bytes:
     """HPKE ``info``: binds the wrapped key to this packet, sender and recipient (§5.5)."""
-    return signing_input("wrap", codec.encode(
-        {"suite": suite, "id": packet_id, "sender": sender, "recipient": {"nation": nation, "key": key}}
-    ))
+    # Keys in canonical order and values of canonical types, so packed directly (as codec.encode would).
+    return signing_input("wrap", msgpack.packb({
+        "id": packet_id, "recipient": {"key": key, "nation": nation},
+        "sender": {"cert": sender["cert"], "nation": sender["nation"]}, "suite": suite,
+    }, use_bin_type=True))
 
 
 def _bytes32(v: object, path: str) -> bytes:
@@ -318,39 +331,52 @@ def verify(raw: bytes | Packet, trust: Trust, now: int) -> Verified:
     may not be more than :data:`MAX_FUTURE_SKEW` after ``now``. Nothing is decrypted.
     """
     packet = raw if isinstance(raw, Packet) else parse_packet(raw)
-    h = packet.header
+    signer = check_signer(packet.header, trust, now)
+    check_signature(packet, signer)
+    return Verified(packet, signer)
+
+
+def check_signer(h: Header, trust: Trust, now: int) -> Certificate:
+    """The first half of :func:`verify`: the suite is allowed and the signer may sign this header now."""
     if h.suite.id not in trust.roster.suites:
         raise UntrustedSigner(f"suite {h.suite.id} is not allowed by the roster ({', '.join(trust.roster.suites)})")
     if h.created > now + MAX_FUTURE_SKEW:
         raise UntrustedSigner(f"packet created {h.created - now} s in the future (check the sender's clock)")
-    signer = trust.signer(h.sender_cert, h.sender, h.created)
+    return trust.signer(h.sender_cert, h.sender, h.created)
+
+
+def check_signature(packet: Packet, signer: Certificate) -> None:
+    """The second half of :func:`verify`: digests and both signature halves, against ``signer``
+    (which :func:`check_signer` accepted). Needs no trust store, so it can run in a worker process."""
+    h = packet.header
+    if signer.fp != h.sender_cert:
+        raise InvalidPacket()
     ok = hmac.compare_digest(hashlib.sha256(packet.ct).digest(), h.ct_digest)
     for r, w in zip(h.to, packet.keys):
         ok &= hmac.compare_digest(hashlib.sha256(w).digest(), r.wrap)
     if not ok:
         raise InvalidPacket()
     signer.signing.verify(signing_input("packet", h.raw), packet.sig, mldsa_required=h.suite.mldsa)
-    return Verified(packet, signer)
 
 
 def open_packet(raw: bytes | Packet, *, nation: str, kem: KemKey, trust: Trust, now: int) -> Opened:
     """Verify, then decrypt as recipient ``nation``; checks the commitment and the inner sender."""
-    v = verify(raw, trust, now)
+    return decrypt(verify(raw, trust, now), nation=nation, kem=kem)
+
+
+def decrypt(v: Verified, *, nation: str, kem: KemKey) -> Opened:
+    """Decrypt a verified packet as recipient ``nation``; checks the commitment and the inner sender."""
     h, packet = v.header, v.packet
     index = next((i for i, r in enumerate(h.to) if r.nation == nation), None)
     if index is None:
         raise InvalidPacket()
     r = h.to[index]
-    sender = {"nation": h.sender, "cert": h.sender_cert}
+    sender = {"cert": h.sender_cert, "nation": h.sender}
     try:
         key = h.suite.hpke().decrypt(packet.keys[index], kem.for_suite(h.suite), info=_info(h.suite.id, h.id, sender, nation, r.key))
         if len(key) != CONTENT_KEY_LEN:
             raise InvalidPacket()
-        aad = _aad({
-            "v": VERSION, "suite": h.suite.id, "id": h.id, "sender": sender,
-            "to": [{"nation": x.nation} for x in h.to], "topic": h.topic, "created": h.created, "expires": h.expires,
-        })
-        plaintext = AESGCM(key).decrypt(_NONCE, packet.ct, aad)
+        plaintext = AESGCM(key).decrypt(_NONCE, packet.ct, _aad_of(h))
         inner = codec.decode(plaintext, max_size=MAX_PACKET_SIZE)
         if type(inner) is not dict or inner.keys() != {"content", "salt", "sender"}:
             raise InvalidPacket()

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from hub.aio import wait_event
 from hub.protocol import frames
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError
 from hub.protocol.topics import any_match, check_pattern
@@ -113,10 +114,7 @@ class Feed:
                             self.relay.metrics.redelivered.inc()
                             await self.session.deliver(self.name, rows[0])
                 gauge.set(len(self.inflight))
-                try:
-                    await asyncio.wait_for(self.event.wait(), timeout=check_every)
-                except TimeoutError:
-                    pass
+                await wait_event(self.event, check_every)
         finally:
             self.relay.unlisten(self.nation, self.event)
             gauge.set(0)

@@ -1,0 +1,182 @@
+"""Opening packets on every core: signature check, HPKE unwrap, decryption and content validation.
+
+ML-DSA and Ed25519 verification release the GIL, but the HPKE unwrap and the content
+validation hold it, so worker threads cannot spread a burst of packets over the cores.
+With ``[node] crypto_workers = N`` (N >= 1) packets are opened in N worker processes;
+with 0 (the default) on two threads of the node's own process.
+
+The split keeps trust decisions in the node process: it parses the header and asks its
+trust store whether the signer may sign it now (revocations and directory refreshes
+live there); a worker gets the packet and that signer's certificate, checks the
+signature against it, decrypts and validates, and returns plain data. Workers are
+spawned (not forked: the node has threads holding locks) and exit when the node does,
+even after a SIGKILL of the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
+from hub.protocol import envelope
+from hub.protocol.certs import Certificate
+from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ValidationError
+from hub.protocol.keys import KemKey
+
+log = logging.getLogger("intelhub.node")
+
+#: Most packets sent to a worker in one task.
+CHUNK = 32
+
+#: One worker's state, set by :func:`_init` (a spawned process holds exactly one node's keys).
+_WORKER: dict[str, Any] = {}
+
+
+def _kem_bytes(kem: KemKey) -> tuple[bytes, bytes, bytes]:
+    return (kem.mlkem768.private_bytes_raw(), kem.hybrid_x25519.private_bytes_raw(),
+            kem.classic_x25519.private_bytes_raw())
+
+
+def _watch_parent(parent: int) -> None:
+    # A SIGKILLed node cannot shut its pool down: its workers notice they were orphaned and leave.
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def _init(nation: str, kem: tuple[bytes, bytes, bytes], parent: int) -> None:
+    _WORKER["nation"] = nation
+    _WORKER["kem"] = KemKey(mlkem.MLKEM768PrivateKey.from_seed_bytes(kem[0]),
+                            x25519.X25519PrivateKey.from_private_bytes(kem[1]),
+                            x25519.X25519PrivateKey.from_private_bytes(kem[2]))
+    _WORKER["certs"] = {}
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def _open(raw: bytes, signer: Certificate, nation: str, kem: KemKey) -> envelope.Opened:
+    packet = envelope.parse_packet(raw)
+    envelope.check_signature(packet, signer)
+    return envelope.decrypt(envelope.Verified(packet, signer), nation=nation, kem=kem)
+
+
+def _work(raw: bytes, cert_raw: bytes) -> tuple[Any, ...]:
+    """In a worker: open ``raw`` as signed by ``cert_raw``; plain data back (exceptions as tags,
+    since not every intelhub error survives pickling as itself)."""
+    certs: dict[bytes, Certificate] = _WORKER["certs"]
+    try:
+        signer = certs.get(cert_raw)
+        if signer is None:
+            signer = certs[cert_raw] = Certificate.parse(cert_raw)
+            if len(certs) > 1024:
+                certs.pop(next(iter(certs)))
+        o = _open(raw, signer, _WORKER["nation"], _WORKER["kem"])
+    except InvalidPacket:
+        return ("invalid_packet",)
+    except ValidationError as exc:
+        return ("invalid", exc.path, exc.reason)
+    except DecodeError as exc:
+        return ("malformed", exc.message)
+    except IntelhubError as exc:
+        return ("error", exc.message)
+    return ("ok", o.content, o.salt, o.content_bytes)
+
+
+def _work_many(items: list[tuple[bytes, bytes]]) -> list[tuple[Any, ...]]:
+    return [_work(raw, cert) for raw, cert in items]
+
+
+def _ready() -> bool:
+    return "kem" in _WORKER
+
+
+class CryptoPool:
+    """Where a node opens packets: ``processes`` worker processes, or threads when 0."""
+
+    def __init__(self, processes: int, nation: str, kem: KemKey) -> None:
+        self.nation, self.kem, self.processes = nation, kem, processes
+        self._executor = self._start()
+        self._pending: list[tuple[bytes, bytes, asyncio.Future[tuple[Any, ...]]]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def _start(self) -> Executor:
+        if self.processes:
+            return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init, initargs=(self.nation, _kem_bytes(self.kem), os.getpid()))
+        return ThreadPoolExecutor(2, thread_name_prefix="node-crypto")
+
+    async def warm(self) -> None:
+        """Start every worker now (each takes a moment to spawn), rather than on the first packets."""
+        if self.processes:
+            loop = asyncio.get_running_loop()
+            await asyncio.gather(*(loop.run_in_executor(self._executor, _ready) for _ in range(self.processes)))
+
+    async def open(self, packet: envelope.Packet, signer: Certificate) -> envelope.Opened:
+        """Open a parsed packet whose ``signer`` the node's trust store accepted; raises like
+        :func:`envelope.open_packet`."""
+        loop = asyncio.get_running_loop()
+        if not self.processes:
+            return await loop.run_in_executor(self._executor, partial(_open, packet.raw, signer, self.nation, self.kem))
+        # Packets asked for in one turn of the event loop go to the workers as a few chunks, not
+        # one by one: a task sent to a process costs more than opening a small packet.
+        fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+        self._pending.append((packet.raw, signer.raw, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        r = await fut
+        if r[0] == "ok":
+            return envelope.Opened(packet.header, signer, r[1], r[2], r[3])
+        if r[0] == "invalid_packet":
+            raise InvalidPacket()
+        if r[0] == "invalid":
+            raise ValidationError(r[1], r[2])
+        if r[0] == "malformed":
+            raise DecodeError(r[1])
+        raise IntelhubError(r[1])
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        pending, self._pending = self._pending, []
+        size = max(1, min(CHUNK, -(-len(pending) // self.processes)))  # spread over every worker
+        for i in range(0, len(pending), size):
+            task = asyncio.ensure_future(self._run_chunk(pending[i:i + size]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run_chunk(self, chunk: list[tuple[bytes, bytes, asyncio.Future[tuple[Any, ...]]]]) -> None:
+        loop = asyncio.get_running_loop()
+        args = [(raw, cert) for raw, cert, _ in chunk]
+        results: list[tuple[Any, ...]] = [("error", "a crypto worker process died opening this packet")] * len(chunk)
+        try:
+            for _ in range(2):  # a worker killed under it: once more on a new pool; twice: quarantined
+                executor = self._executor
+                try:
+                    results = await loop.run_in_executor(executor, _work_many, args)
+                    break
+                except BrokenProcessPool:
+                    if executor is self._executor:  # the first to notice restarts it
+                        log.warning("a crypto worker process died; restarting the pool")
+                        self._executor = self._start()
+                        executor.shutdown(wait=False, cancel_futures=True)
+        except BaseException as exc:  # shut down under it, or cancelled: the waiters learn of it
+            for _, _, fut in chunk:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("crypto pool stopped"))
+            raise
+        for (_, _, fut), r in zip(chunk, results):
+            if not fut.done():
+                fut.set_result(r)
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._executor.shutdown(wait=wait, cancel_futures=True)
