@@ -8,7 +8,8 @@ with 0 (the default) on two threads of the node's own process.
 The split keeps trust decisions in the node process: it parses the header and asks its
 trust store whether the signer may sign it now (revocations and directory refreshes
 live there); a worker gets the packet and that signer's certificate, checks the
-signature against it, decrypts and validates, and returns plain data. Workers are
+signature against it, decrypts, validates and analyses the names for the store, and returns
+plain data. Workers are
 spawned (not forked: the node has threads holding locks) and exit when the node does,
 even after a SIGKILL of the node.
 """
@@ -29,9 +30,12 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
 from hub.protocol import envelope
+from hub.protocol.content import entities_of
 from hub.protocol.certs import Certificate
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ValidationError
 from hub.protocol.keys import KemKey
+
+from . import schema
 
 log = logging.getLogger("intelhub.node")
 
@@ -88,7 +92,11 @@ def _work(raw: bytes, cert_raw: bytes) -> tuple[Any, ...]:
         return ("malformed", exc.message)
     except IntelhubError as exc:
         return ("error", exc.message)
-    return ("ok", o.content, o.salt, o.content_bytes)
+    # The store's costliest Python step, name analysis, done here too: the node process only
+    # looks the results up (clients.node.schema caches them).
+    names = {n: schema.analyse_name(n) for e in entities_of(o.content)
+             for n in (*e.get("names", ()), *e.get("aliases", ())) if type(n) is str}
+    return ("ok", o.content, o.salt, o.content_bytes, names)
 
 
 def _work_many(items: list[tuple[bytes, bytes]]) -> list[tuple[Any, ...]]:
@@ -136,6 +144,8 @@ class CryptoPool:
             loop.call_soon(self._flush)
         r = await fut
         if r[0] == "ok":
+            if r[4]:
+                schema.remember(r[4])
             return envelope.Opened(packet.header, signer, r[1], r[2], r[3])
         if r[0] == "invalid_packet":
             raise InvalidPacket()

@@ -220,7 +220,8 @@ class NodeService:
                 if len(self._recent_ids) > RECENT_IDS:
                     self._recent_ids.popitem(last=False)
             # Every delivery, quarantined ones too, is a leaf the hub says it logged: check its inclusion.
-            self.watcher.on_delivery(d.index, d.packet, d.proof)
+            self.watcher.on_delivery(d.index, d.packet, d.proof,
+                                     (p.header.raw, p.header.packet_id) if p.header is not None else None)
             self.counts[what] += 1
             if what != "stored" or p.opened is None or p.decision is None:
                 continue

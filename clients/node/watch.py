@@ -123,14 +123,16 @@ class LogWatcher:
 
     # -- input from the hub connection (no I/O) ------------------------------------------
 
-    def on_delivery(self, log_index: int, packet: bytes, proof: dict[str, Any] | None) -> str:
+    def on_delivery(self, log_index: int, packet: bytes, proof: dict[str, Any] | None,
+                    header: tuple[bytes, str] | None = None) -> str:
         """Track a delivered packet's leaf; ``"verified"``, ``"pending"`` (path fetched later) or ``"failed"``.
 
         Call after the store committed it. Cheap: a proof against a checkpoint already held
         is checked now (a failure is saved as evidence); the rest waits for :meth:`poll`.
         """
         try:
-            header, pid = header_of_packet(packet)
+            # ``header``: (signed header bytes, packet id) when the caller has parsed the packet already.
+            header_raw, pid = header if header is not None else header_of_packet(packet)
         except LogError as exc:  # the service quarantines it; there is no leaf to recompute
             log.warning("delivery %d: %s", log_index, exc)
             return "failed"
@@ -144,18 +146,18 @@ class LogWatcher:
             for held in (self._pin, self._head):
                 if held is not None and held[0].size == p.size:
                     try:
-                        p.verify(header, held[0])
+                        p.verify(header_raw, held[0])
                     except LogError as exc:
                         self._evidence("bad_inclusion", f"leaf {log_index} is not in the checkpoint of size "
                                        f"{p.size} at that index: {exc}", checkpoints=[held[1]],
-                                       inclusion=_inclusion_map(p, header))
+                                       inclusion=_inclusion_map(p, header_raw))
                         status = "failed"
                         break
                     if held is not self._pin:  # the path is kept: its checkpoint must be too
                         self._to_pin[held[0].size] = held
                     status, size, path = "verified", p.size, logdb.paths_json(p.path)
                     break
-        self._buffer.append((log_index, pid, header, p.time if p else None, size, path, status, self.now()))
+        self._buffer.append((log_index, pid, header_raw, p.time if p else None, size, path, status, self.now()))
         return status
 
     def backfill(self, packets: Iterable[tuple[int | None, bytes]]) -> int:
