@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Final
 
 import msgpack
@@ -75,11 +76,11 @@ class Header:
     ct_digest: bytes
     commit: bytes
 
-    @property
+    @cached_property  # the hub reads these several times per packet
     def packet_id(self) -> str:
         return str(uuid.UUID(bytes=self.id))
 
-    @property
+    @cached_property
     def nations(self) -> tuple[str, ...]:
         return tuple(r.nation for r in self.to)
 

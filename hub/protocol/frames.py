@@ -77,15 +77,20 @@ def encode_deliver(sub: str, index: int, packet: bytes, cert: bytes | None, proo
     parts = [b""]
     n = 4
     if cert is not None:
-        parts += [_pack("cert"), _pack(cert)]
+        parts += [_K_CERT, _pack(cert)]
         n += 1
-    parts += [_pack("index"), _pack(index), _pack("packet"), _pack(packet)]
+    parts += [_K_INDEX, _pack(index), _K_PACKET, _pack(packet)]
     if proof is not None:
-        parts += [_pack("proof"), proof]
+        parts += [_K_PROOF, proof]
         n += 1
-    parts += [_pack("sub"), _pack(sub), _pack("t"), _pack("deliver")]
-    parts[0] = bytes([0x80 | n])  # a fixmap: at most 6 entries
+    parts += [_K_SUB, _pack(sub), _T_DELIVER]
+    parts[0] = _FIXMAP[n]  # a fixmap: at most 6 entries
     return b"".join(parts)
+
+
+_K_CERT, _K_INDEX, _K_PACKET, _K_PROOF, _K_SUB = (_pack(k) for k in ("cert", "index", "packet", "proof", "sub"))
+_T_DELIVER = _pack("t") + _pack("deliver")
+_FIXMAP = [bytes([0x80 | n]) for n in range(16)]
 
 
 def decode_frame(data: bytes, allowed: frozenset[str], *, max_size: int = MAX_FRAME) -> dict[str, Any]:

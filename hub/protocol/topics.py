@@ -37,3 +37,9 @@ def matches(pattern: str, topic: str) -> bool:
 
 def any_match(patterns: Iterable[str], topic: str) -> bool:
     return any(matches(p, topic) for p in patterns)
+
+
+@lru_cache(maxsize=4096)
+def any_match_cached(patterns: tuple[str, ...], topic: str) -> bool:
+    """:func:`any_match` remembered: the hub asks it for every packet and every subscription."""
+    return any_match(patterns, topic)

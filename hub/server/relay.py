@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hub.protocol import envelope
 from hub.protocol.roster import RevocationList
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError, UntrustedSigner
-from hub.protocol.topics import any_match
+from hub.protocol.topics import any_match_cached
 from hub.protocol.trust import Trust
 
 from .config import HubConfig
@@ -182,26 +182,21 @@ class Relay:
         h = v.header
         if nation is not None and h.sender != nation:
             raise reject("wrong_nation", f"this session is authenticated as {nation}; it cannot publish packets of {h.sender}")
-        if not any_match(self.config.publish_patterns(h.sender), h.topic):
+        if not any_match_cached(self.config.publish_patterns(h.sender), h.topic):
             raise reject("forbidden_topic", f"{h.sender} may not publish to {h.topic} "
                          f"(allowed: {', '.join(self.config.publish_patterns(h.sender))})")
-        # A packet accepted before is answered as before, however long ago it was sealed (an idempotent
-        # retry after an outage) until it expires; the clock checks below are for packets not yet held.
-        existing = self.storage.get(h.id)
-        if existing is not None and h.expires > now:
+        try:
+            self._check_new(h, now)
+        except ProtocolError:
+            # A packet accepted before is answered as before, however long ago it was sealed (an
+            # idempotent retry after an outage) until it expires: these checks are for packets not
+            # yet held. Looked up only here; on the common path the append finds duplicates.
+            existing = self.storage.get(h.id)
+            if existing is None or h.expires <= now:
+                raise
             if existing.header != h.raw:
-                raise reject("conflict", f"a different packet was already accepted under id {h.packet_id}")
+                raise reject("conflict", f"a different packet was already accepted under id {h.packet_id}") from None
             return Accepted(existing.index, h.id, True, existing.accepted_at, None)
-        skew = limits.max_clock_skew
-        if abs(h.created - now) > skew:
-            raise reject("clock_skew", f"packet created {h.created - now:+d} s from the hub's clock (window ±{skew} s); check the clock")
-        if h.expires <= now:
-            raise reject("expired", "packet has already expired")
-        if len(h.to) > limits.max_recipients:
-            raise reject("too_many_recipients", f"{len(h.to)} recipients; the limit is {limits.max_recipients}")
-        unknown = [n for n in h.nations if n not in self.trust.roster.nations]
-        if unknown:
-            raise reject("unknown_recipient", f"{', '.join(unknown)} not in the roster")
         item = NewPacket(h.id, h.sender, h.sender_cert, h.topic, h.nations, h.created, h.expires, h.raw, raw,
                          digest)
         try:
@@ -215,6 +210,19 @@ class Relay:
             self.wake(h.nations)
         promise = await self.hub_log.promise(item, result) if self.hub_log else None
         return Accepted(result.index, h.id, result.duplicate, result.accepted_at, promise)
+
+    def _check_new(self, h: envelope.Header, now: int) -> None:
+        limits = self.config.limits
+        skew = limits.max_clock_skew
+        if abs(h.created - now) > skew:
+            raise reject("clock_skew", f"packet created {h.created - now:+d} s from the hub's clock (window ±{skew} s); check the clock")
+        if h.expires <= now:
+            raise reject("expired", "packet has already expired")
+        if len(h.to) > limits.max_recipients:
+            raise reject("too_many_recipients", f"{len(h.to)} recipients; the limit is {limits.max_recipients}")
+        unknown = [n for n in h.nations if n not in self.trust.roster.nations]
+        if unknown:
+            raise reject("unknown_recipient", f"{', '.join(unknown)} not in the roster")
 
     # -- delivery wake-ups ----------------------------------------------------------
 
@@ -254,7 +262,7 @@ class Relay:
                 del self._feed_owners[key]
 
     def may_subscribe(self, nation: str, topic: str) -> bool:
-        return any_match(self.config.subscribe_patterns(nation), topic)
+        return any_match_cached(self.config.subscribe_patterns(nation), topic)
 
     async def close(self) -> None:
         if self._background:

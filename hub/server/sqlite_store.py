@@ -11,6 +11,7 @@ Reads use a second connection on the event-loop thread (WAL readers never block)
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections import OrderedDict
 import json
 import queue
@@ -113,7 +114,13 @@ class SQLiteStorage:
         self._thread = threading.Thread(target=self._writer, name="hub-sqlite-writer", daemon=True)
         self._thread.start()
         self._recent: OrderedDict[int, StoredPacket] = OrderedDict()
-        self._uncommitted: list[StoredPacket] = []
+        self._uncommitted: list[tuple[StoredPacket, tuple[str, ...]]] = []
+        # Which recent packets each nation receives (ascending log indexes), complete from index
+        # _mem_from on: a live subscriber's scan is answered from memory, without a query on the
+        # event loop. Lists are only appended to in place; trimming swaps in a new list, so a scan
+        # holding the old one still reads a consistent (at worst shorter) view.
+        self._by_nation: dict[str, list[int]] = {}
+        self._mem_from = self._next_index
         self.on_commit: Callable[[float, int], None] | None = None
 
     # -- the writer thread --------------------------------------------------
@@ -158,11 +165,22 @@ class SQLiteStorage:
         # Committed: into the cache the feeds read, before any future resolves (so no feed that wakes
         # up finds a committed packet missing from it), and never before (the cache holds nothing the
         # disk lacks). Single dict operations are atomic under the GIL.
-        for sp in self._uncommitted:
+        by_nation = self._by_nation
+        for sp, nations in self._uncommitted:
             self._recent[sp.index] = sp
+            for n in nations:
+                lst = by_nation.get(n)
+                if lst is None:
+                    lst = by_nation[n] = []
+                lst.append(sp.index)
         self._uncommitted.clear()
-        while len(self._recent) > RECENT:
-            self._recent.popitem(last=False)
+        if len(self._recent) > RECENT + RECENT // 8:  # trim in steps, not per packet
+            while len(self._recent) > RECENT:
+                self._recent.popitem(last=False)
+            first = next(iter(self._recent))
+            self._mem_from = first  # raised before any list loses an index below it
+            for n, lst in list(by_nation.items()):
+                by_nation[n] = lst[bisect.bisect_left(lst, first):]
         if self.on_commit:
             self.on_commit(elapsed, len(batch))
         # One wake-up of the event loop per batch, not per operation.
@@ -179,10 +197,10 @@ class SQLiteStorage:
         def op(c: sqlite3.Connection) -> list[Appended | Conflict]:
             out: list[Appended | Conflict] = []
             for p in items:
-                row = c.execute("SELECT log_index, digest, accepted_at FROM packets WHERE packet_id = ?",
+                row = c.execute("SELECT log_index, header, accepted_at FROM packets WHERE packet_id = ?",
                                 (p.packet_id,)).fetchone()
-                if row is not None:
-                    out.append(Appended(row[0], row[2], True) if row[1] == p.digest else Conflict(row[0]))
+                if row is not None:  # the same signed header is the same packet (ML-DSA signs randomly)
+                    out.append(Appended(row[0], row[2], True) if row[1] == p.header else Conflict(row[0]))
                     continue
                 index = self._next_index
                 leaf = leaf_hash_for(p.header, now)
@@ -193,8 +211,8 @@ class SQLiteStorage:
                 )
                 c.executemany("INSERT INTO packet_recipients VALUES (?, ?)", [(n, index) for n in p.recipients])
                 self._next_index = index + 1
-                self._uncommitted.append(StoredPacket(index, p.packet_id, p.sender, p.signer, p.topic, p.header,
-                                                      now, p.expires, p.raw, leaf))
+                self._uncommitted.append((StoredPacket(index, p.packet_id, p.sender, p.signer, p.topic, p.header,
+                                                       now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 out.append(Appended(index, now, False))
             return out
 
@@ -235,7 +253,15 @@ class SQLiteStorage:
         await self._submit(op)
 
     def scan(self, nation: str, after: int, limit: int) -> list[StoredPacket]:
-        indexes = [r[0] for r in self._r.execute(_SCAN, (nation, after, limit))]
+        # The list first, then the bound: the writer raises the bound before it trims, so a list read
+        # here covers every index from the bound read after it (read the other way round, a trim in
+        # between could hide packets).
+        lst = self._by_nation.get(nation, [])
+        if after + 1 >= self._mem_from:  # everything this scan can return is in memory
+            start = bisect.bisect_right(lst, after)
+            indexes = lst[start:start + limit]
+        else:
+            indexes = [r[0] for r in self._r.execute(_SCAN, (nation, after, limit))]
         recent = self._recent
         out = [recent.get(i) for i in indexes]
         if None in out:
