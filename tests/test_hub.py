@@ -322,3 +322,28 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
         with pytest.raises(ConfigError) as exc:
             parse_config(text, tmp_path)
         assert expected in str(exc.value), (text, str(exc.value))
+
+
+async def test_a_backlog_goes_out_several_frames_per_write_intact_and_in_order(fed: Federation, config) -> None:  # type: ignore[no-untyped-def]
+    """A subscriber that connects to a backlog gets it through the batched write path: every
+    packet, as its own WebSocket frame, in log order."""
+    from hub.server.app import RELAY
+    from hub.server.session import _direct_writer
+
+    async with running_hub(config) as (url, app):
+        async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url) as fr:
+            await asyncio.gather(it.wait_connected(), fr.wait_connected())
+            await fr.subscribe("main", [">"])
+            [session] = app[RELAY].sessions_by_nation["FR"]
+            assert _direct_writer(session.ws) is not None, "aiohttp changed: deliveries fell back to one write per frame"
+            fr_ws = fr._ws
+            assert fr_ws is not None
+            await fr.close()
+            sent = [seal_for(fed, "IT", ["FR"]) for _ in range(40)]
+            results = await asyncio.gather(*(it.publish(p) for p in sent))
+        async with node_client(fed, "FR", url) as fr2:
+            await fr2.wait_connected()
+            await fr2.subscribe("main", [">"])
+            got = await collect(fr2, 40, timeout=20)
+    assert [d.index for d in got] == sorted(r.index for r in results)
+    assert sorted(d.packet for d in got) == sorted(sent)
