@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 from hub.protocol import envelope  # noqa: E402
 from hub.protocol.federation import G7, create_federation  # noqa: E402
 from hub.protocol.keys import signing_input  # noqa: E402
-from hub.protocol.suites import CLASSIC, HYBRID, Suite  # noqa: E402
+from hub.protocol.suites import CLASSIC, HYBRID  # noqa: E402
 
 NOW = 1_764_000_000
 

@@ -34,7 +34,7 @@ from clients.connection import Delivery  # noqa: E402
 from clients.node.config import parse_node_config  # noqa: E402
 from clients.node.service import NodeService  # noqa: E402
 from hub.keyfiles import load_certificate, load_private_keys, load_trust_dir  # noqa: E402
-from hub.protocol import codec, envelope  # noqa: E402
+from hub.protocol import envelope  # noqa: E402
 from hub.protocol.keys import signing_input  # noqa: E402
 
 KEYS = ROOT / "keys" / "example"

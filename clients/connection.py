@@ -91,7 +91,7 @@ class HubClient:
 
     async def wait_connected(self, timeout: float = 30.0) -> None:
         waiter = asyncio.ensure_future(self.connected.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,  # type: ignore[arg-type]
+        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,  # type: ignore[arg-type, type-var]
                                    return_when=asyncio.FIRST_COMPLETED)
         if waiter not in done:
             waiter.cancel()

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from .protocol.armor import armor, dearmor
 from .protocol.certs import Certificate
@@ -81,7 +81,7 @@ def save_private_keys(path: Path, keys: PrivateKeys, passphrase: bytes | None, e
     write_atomic(path, keys.to_file_text(passphrase, comments), 0o600)
 
 
-def _parse(kind: str, path: Path | str, parser: type) -> object:
+def _parse(kind: str, path: Path | str, parser: Any) -> object:
     data = dearmor(kind, read_bytes(path, kind.lower()), str(path))
     try:
         return parser.parse(data)

@@ -190,10 +190,10 @@ def show(files: tuple[Path, ...], as_json: bool) -> None:
             out.append({"file": str(f), "kind": "revocations", "nation": rl.nation, "serial": rl.serial,
                         "revoked": [{"cert": e.cert.hex(), "at": e.at, "reason": e.reason} for e in rl.entries.values()]})
         elif b"intelhub-key:" in head:
-            k = load_private_keys(f)
+            keys = load_private_keys(f)
             out.append({"file": str(f), "kind": "private key",
-                        "signing_key_id": k.signing.public().key_id.hex() if k.signing else None,
-                        "can_receive": k.kem is not None})
+                        "signing_key_id": keys.signing.public().key_id.hex() if keys.signing else None,
+                        "can_receive": keys.kem is not None})
         else:
             raise click.BadParameter(f"{f}: not a roster, certificate, revocation list or intelhub key file",
                                      param_hint="FILES")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -76,7 +77,7 @@ def verify_cmd(files: tuple[Path, ...], trust_dir: Path, as_json: bool) -> None:
     from hub.protocol.errors import IntelhubError
 
     trust = load_trust_dir(trust_dir)
-    results = []
+    results: list[dict[str, Any]] = []
     for f in files:
         try:
             v = envelope.verify(_read_packet(f), trust, now())

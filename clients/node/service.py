@@ -225,8 +225,7 @@ class NodeService:
             self.counts[what] += 1
             if what != "stored" or p.opened is None or p.decision is None:
                 continue
-            h, decision = p.opened.header, p.decision
-            if self.runner and decision.sinks:
+            if self.runner and p.decision.sinks:
                 self.runner.kick()
         if any(r == "stored" for r in results):
             self._receipts_due.set()
@@ -328,9 +327,11 @@ class NodeService:
         raw = await self.st.call(store.sent_receipt, ref, status)
         if raw is not None and not await self._still_valid(raw):
             raw = None  # the hub never accepted it and now never will (too old): seal anew
+        content: dict[str, Any]
         if raw is None:
-            raw, content = await asyncio.get_running_loop().run_in_executor(
+            sealed: tuple[bytes, dict[str, Any]] = await asyncio.get_running_loop().run_in_executor(
                 self.sealer, self.me.seal_receipt, ref, status, originator, self.now())
+            raw, content = sealed
             await self.st.call(store.record_sent, raw=raw, header=envelope.parse_packet(raw).header,
                                content=content, log_index=None, promise=None, sent_at=self.now())
         else:
@@ -401,8 +402,8 @@ class NodeService:
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]
         finally:
-            for t in (stopper, *tasks):
-                t.cancel()
+            for task in (stopper, *tasks):
+                task.cancel()
             await asyncio.gather(stopper, *tasks, return_exceptions=True)
             while not ready.empty():
                 f = ready.get_nowait()

@@ -30,7 +30,7 @@ log = logging.getLogger("intelhub.hub")
 
 RELAY = web.AppKey("relay", Relay)
 CONFIG = web.AppKey("config", HubConfig)
-SESSIONS = web.AppKey("sessions", weakref.WeakSet)  # type: ignore[var-annotated]
+SESSIONS: web.AppKey[Any] = web.AppKey("sessions", weakref.WeakSet)
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -202,7 +202,7 @@ async def serve(config: HubConfig, *, port_file: Path | None = None, ready: asyn
         ctx.load_cert_chain(config.tls_cert, config.tls_key)
     site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ctx, reuse_address=True)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr, attr-defined]
     port = sockets[0].getsockname()[1] if sockets else config.listen_port
     scheme = "https" if ctx else "http"
     log.info("hub listening on %s://%s:%d", scheme, config.listen_host, port)

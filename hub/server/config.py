@@ -152,7 +152,8 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
         raise ConfigError("topics: must be a table")
     pub: dict[str, tuple[str, ...]] = {}
     sub: dict[str, tuple[str, ...]] = {}
-    default_pub, default_sub = DEFAULT_PUBLISH, DEFAULT_SUBSCRIBE
+    default_pub: tuple[str, ...] = DEFAULT_PUBLISH
+    default_sub: tuple[str, ...] = DEFAULT_SUBSCRIBE
     for k, v in topics.items():
         if k == "publish":
             default_pub = _patterns(v, "topics.publish")

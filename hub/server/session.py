@@ -50,8 +50,8 @@ def _direct_writer(ws: web.WebSocketResponse) -> tuple[Any, Any] | None:
     """aiohttp's frame writer and transport, when frames may be written to the transport directly:
     a server's (unmasked) and uncompressed. None otherwise, or if aiohttp changed its internals
     (tests/test_hub.py checks the fast path is taken with the aiohttp installed)."""
-    writer = getattr(ws, "_writer", None)
-    if writer is None or getattr(writer, "compress", 1) or getattr(writer, "use_mask", True):
+    writer: Any = getattr(ws, "_writer", None)
+    if writer is None or getattr(writer, "compress", None) != 0 or getattr(writer, "use_mask", True):
         return None
     transport, protocol = getattr(writer, "transport", None), getattr(writer, "protocol", None)
     if transport is None or not hasattr(protocol, "_paused") or not hasattr(protocol, "_drain_helper"):
