@@ -188,14 +188,16 @@ class Session:
         self.pending = asyncio.Semaphore(relay.config.limits.max_pending_publishes)
         self.tasks: set[asyncio.Task[Any]] = set()
         self._send_lock = asyncio.Lock()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
         self.last_seen = time.monotonic()
 
     # -- sending ----------------------------------------------------------------
 
     async def send(self, t: str, **fields: Any) -> None:
-        data = frames.encode_frame(t, **fields)
-        async with self._send_lock:
-            await self.ws.send_bytes(data)
+        # Only the hot frames wait for the turn's batch; the rest (hello, errors, ...) go at once,
+        # after what is queued, so an error a close follows is never stuck behind it.
+        await self._send([frames.encode_frame(t, **fields)], now=t != "accepted")
 
     async def send_error(self, code: str, reason: str, rid: int | None = None) -> None:
         try:
@@ -214,29 +216,47 @@ class Session:
         return frames.encode_deliver(sub, p.index, p.raw, cert, proof)  # type: ignore[arg-type]
 
     async def deliver(self, sub: str, packets: list[StoredPacket]) -> None:
-        """Send ``deliver`` frames, several in one write to the socket where aiohttp allows it.
+        await self._send([self._deliver_frame(sub, p) for p in packets])
+        self.relay.metrics.delivered.inc(len(packets))
+
+    async def _send(self, datas: list[bytes], now: bool = False) -> None:
+        """Queue frames for the socket; everything queued in one turn of the event loop goes out in
+        one write (the WebSocket frames byte for byte as separate sends would write them).
 
         Each write to a socket costs a system call and, worse under load, a wait to take the GIL
-        back; a feed that wakes to eight packets sends them in one write (eight WebSocket frames,
-        byte for byte what eight send_bytes calls would send).
+        back: a burst of ACCEPTED answers and deliveries to one node costs one write, not dozens.
+        Without aiohttp's usual internals (or with compression) frames go one send_bytes each.
         """
-        datas = [self._deliver_frame(sub, p) for p in packets]
-        async with self._send_lock:
-            direct = _direct_writer(self.ws) if len(datas) > 1 else None
-            if direct is None:
+        direct = _direct_writer(self.ws)
+        if direct is None:
+            async with self._send_lock:
                 for data in datas:
                     await self.ws.send_bytes(data)
-            else:
-                writer, transport = direct
-                if transport.is_closing():
-                    raise ConnectionResetError("connection closing")
-                parts: list[bytes] = []
-                for data in datas:
-                    parts += (_binary_frame_header(len(data)), data)
-                transport.write(b"".join(parts))
-                if writer.protocol._paused:  # the same back-pressure aiohttp's own sends obey
-                    await writer.protocol._drain_helper()
-        self.relay.metrics.delivered.inc(len(datas))
+            return
+        writer, transport = direct
+        if transport.is_closing():
+            raise ConnectionResetError("connection closing")
+        out = self._out
+        for data in datas:
+            out += (_binary_frame_header(len(data)), data)
+        if now:
+            self._flush_now()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush, transport)
+        if writer.protocol._paused:  # the same back-pressure aiohttp's own sends obey
+            await writer.protocol._drain_helper()
+
+    def _flush(self, transport: Any) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if out and not transport.is_closing():  # closed meanwhile: the node resumes from its cursor
+            transport.write(b"".join(out))
+
+    def _flush_now(self) -> None:
+        direct = _direct_writer(self.ws)
+        if direct is not None:
+            self._flush(direct[1])
 
     # -- the connection ------------------------------------------------------------
 
@@ -269,7 +289,7 @@ class Session:
             await asyncio.sleep(idle / 2)
             if time.monotonic() - self.last_seen > idle:
                 log.info("session %s: %s silent for %.0f s, closing", self.id, self.nation or "?", idle)
-                await self.ws.close(code=CLOSE_TIMEOUT, message=b"idle")
+                await self.close(CLOSE_TIMEOUT, b"idle")
                 return
             try:
                 await self.ws.ping()
@@ -284,11 +304,11 @@ class Session:
         try:
             data = await self.receive(relay.config.limits.auth_timeout)
         except TimeoutError:
-            await self.ws.close(code=CLOSE_TIMEOUT, message=b"authentication timed out")
+            await self.close(CLOSE_TIMEOUT, b"authentication timed out")
             return False
         except ProtocolError as exc:  # e.g. a text frame
             await self.send_error(exc.code, str(exc))
-            await self.ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
+            await self.close(CLOSE_AUTH_FAILED, b"authentication failed")
             return False
         if data is None:
             return False
@@ -313,14 +333,14 @@ class Session:
             code = exc.code if isinstance(exc, ProtocolError) else "bad_frame"
             relay.metrics.auth_failures.inc()
             await self.send_error(code if code != "untrusted_signer" else "unauthenticated", str(exc))
-            await self.ws.close(code=CLOSE_AUTH_FAILED, message=b"authentication failed")
+            await self.close(CLOSE_AUTH_FAILED, b"authentication failed")
             return False
         live = relay.sessions_by_nation[cert.nation]
         if len(live) >= relay.config.limits.max_sessions_per_nation:
             relay.metrics.auth_failures.inc()
             await self.send_error("too_many_sessions", f"{cert.nation} already has {len(live)} sessions "
                                   f"(limit {relay.config.limits.max_sessions_per_nation}); close one first")
-            await self.ws.close(code=CLOSE_TOO_MANY, message=b"too many sessions")
+            await self.close(CLOSE_TOO_MANY, b"too many sessions")
             return False
         live.add(self)
         self.nation = cert.nation
@@ -442,4 +462,5 @@ class Session:
             feed.task.cancel()
 
     async def close(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"hub shutting down") -> None:
+        self._flush_now()  # what is queued goes before the close frame
         await self.ws.close(code=code, message=message)
