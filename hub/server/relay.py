@@ -12,10 +12,11 @@ import asyncio
 import hashlib
 import logging
 import time
+from functools import partial
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from hub.protocol import envelope
 from hub.protocol.roster import RevocationList
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from .log import HubLog
 
 log = logging.getLogger("intelhub.hub")
+
+#: Most packets verified in one task on a verify thread.
+VERIFY_CHUNK: Final = 16
 
 
 def reject(code: str, reason: str) -> ProtocolError:
@@ -66,6 +70,29 @@ class Accepted:
     promise: str | None
 
 
+def _settle_from_thread(loop: asyncio.AbstractEventLoop, chunk: list[tuple[bytes, int, asyncio.Future[Any]]],
+                        work: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(_settle, chunk, work)
+    except RuntimeError:  # the loop closed first: the hub is gone, and with it every waiter
+        pass
+
+
+def _settle(chunk: list[tuple[bytes, int, asyncio.Future[Any]]], work: Any) -> None:
+    """On the event loop: hand each packet of a verified chunk its result (or its exception)."""
+    try:
+        results = work.result()
+    except BaseException as exc:  # noqa: BLE001 - the pool shut down under it
+        results = [(False, exc if isinstance(exc, Exception) else RuntimeError("verify pool stopped"))] * len(chunk)
+    for (_, _, fut), (ok, value) in zip(chunk, results):
+        if fut.done():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
 class Relay:
     def __init__(self, config: HubConfig, trust: Trust, storage: Storage, metrics: Metrics,
                  hub_log: HubLog | None = None) -> None:
@@ -74,6 +101,7 @@ class Relay:
         self.storage = storage
         self.metrics = metrics
         self.hub_log = hub_log
+        self._to_verify: list[tuple[bytes, int, asyncio.Future[Any]]] = []
         self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="hub-verify") \
             if config.verify_threads > 0 else None
         self._buckets: dict[str, TokenBucket] = {}
@@ -147,6 +175,42 @@ class Relay:
         # The packet's digest is taken here too: on the worker thread, off the event loop.
         return envelope.verify(raw, self.trust, now), hashlib.sha256(raw).digest()
 
+    def _verify_on_pool(self, raw: bytes, now: int) -> asyncio.Future[tuple[envelope.Verified, bytes]]:
+        """:meth:`_verify` on the verify threads. Packets arriving in one turn of the event loop go
+        as a few chunks, one per thread: a task per packet costs a future, a lock and a wake-up of
+        the loop each, on the thread every packet waits for."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[envelope.Verified, bytes]] = loop.create_future()
+        self._to_verify.append((raw, now, fut))
+        if len(self._to_verify) == 1:
+            loop.call_soon(self._flush_verify)
+        return fut
+
+    def _flush_verify(self) -> None:
+        pending, self._to_verify = self._to_verify, []
+        assert self.pool is not None
+        size = max(1, min(VERIFY_CHUNK, -(-len(pending) // self.config.verify_threads)))
+        loop = asyncio.get_running_loop()
+        for i in range(0, len(pending), size):
+            chunk = pending[i:i + size]
+            try:
+                work = self.pool.submit(self._verify_many, [(raw, now) for raw, now, _ in chunk])
+            except RuntimeError as exc:  # the pool is shut down: the hub is stopping
+                for _, _, fut in chunk:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            work.add_done_callback(partial(_settle_from_thread, loop, chunk))
+
+    def _verify_many(self, items: list[tuple[bytes, int]]) -> list[tuple[bool, Any]]:
+        out: list[tuple[bool, Any]] = []
+        for raw, now in items:
+            try:
+                out.append((True, self._verify(raw, now)))
+            except Exception as exc:  # noqa: BLE001 - handed to the packet's own publish
+                out.append((False, exc))
+        return out
+
     async def publish(self, raw: bytes, *, nation: str | None, cert: bytes | None = None,
                       rate_key: str | None = None) -> Accepted:
         """Run every acceptance check, then append durably. ``nation`` is the session's, if any."""
@@ -172,7 +236,7 @@ class Relay:
             if self.pool is None:
                 v, digest = self._verify(raw, now)
             else:
-                v, digest = await asyncio.get_running_loop().run_in_executor(self.pool, self._verify, raw, now)
+                v, digest = await self._verify_on_pool(raw, now)
         except DecodeError as exc:
             raise reject("malformed", str(exc)) from None
         except InvalidPacket as exc:
