@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives.asymmetric.mldsa import MLDSA65PrivateKey
 
 from hub.protocol.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from hub.protocol.keys import SigningKey
-from hub.protocol.merkle import MerkleTree, verify_consistency, verify_inclusion
+from hub.protocol.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from hub.protocol.note import NoteSigner, sign_note
 from hub.protocol.promise import Promise, sign_promise
 from hub.server.log import PROMISE_SPACING, HubLog, batch_promise_body
-from hub.server.sqlite_store import leaf_data, leaf_hash
+from hub.protocol.logformat import leaf_data
 
 
 def line(label: str, value: str) -> None:
