@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import shutil
 import signal
 import subprocess
@@ -115,13 +116,25 @@ class Federation:
         r = subprocess.run([sys.executable, "-m", "clients", *cmd[1:]], cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=120)
         if r.returncode != 0 and (check or not r.stdout.strip()):
-            raise RuntimeError(f"`{' '.join(cmd)}` failed ({r.returncode}): {r.stderr.strip()}")
+            raise RuntimeError(f"`{' '.join(cmd)}` failed ({r.returncode}): {r.stdout.strip()} {r.stderr.strip()}")
         if json_out:
             return json.loads(r.stdout)
         if show:
             for line in r.stdout.rstrip().splitlines():
                 self.say(f"    {line}")
         return r.stdout
+
+    def unproven(self, nation: str) -> int:
+        """Packets in ``nation``'s store whose log inclusion its watcher has not proven yet."""
+        conn = sqlite3.connect(f"file:{self.dir / nation / 'store.db'}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute(
+                "SELECT COUNT(*) FROM packets WHERE log_index IS NOT NULL AND log_index NOT IN "
+                "(SELECT log_index FROM log_inclusion WHERE status = 'verified')").fetchone()[0])
+        except sqlite3.Error:  # the watcher's tables are not there yet
+            return -1
+        finally:
+            conn.close()
 
     def store_stats(self, nation: str) -> dict[str, Any]:
         return self.cli(nation, "node", "stats", show=False, json_out=True)  # type: ignore[no-any-return]
@@ -188,6 +201,10 @@ def run_network(run_dir: Path, *, keep_running: bool = False, say: Callable[[str
         fed.cli("IT", "status", alert_id)
         fed.cli("FR", "status", freeze_id)
 
+        # Each node proves a packet's inclusion once a checkpoint covers it (within a second or two):
+        # the audit below requires every proof, so wait for the watchers to have them all.
+        _wait_for(lambda: all(fed.unproven(n) == 0 for n in NATIONS), 30,
+                  "every node's log watcher to prove the inclusion of what it stored")
         say("\n== 8. An auditor verifies every packet from public keys only, and the log ==")
         failures = 0
         fed.cli("DE", "audit", "verify", str(run_dir / "DE" / "store.db"), "--trust", str(KEYS), "--hub", fed.url,
