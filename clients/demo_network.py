@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .audit import storeread
 from .scenario import WALLET, french_freeze, french_lift, italian_alert, italian_amendment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ class Federation:
 
     def unproven(self, nation: str) -> int:
         """Packets in ``nation``'s store whose log inclusion its watcher has not proven yet."""
-        conn = sqlite3.connect(f"file:{self.dir / nation / 'store.db'}?mode=ro", uri=True, timeout=5)
+        conn = storeread.open_readonly(self.dir / nation / "store.db")
         try:
             return int(conn.execute(
                 "SELECT COUNT(*) FROM packets WHERE log_index IS NOT NULL AND log_index NOT IN "

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -18,3 +23,48 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return True
     except TimeoutError:
         return False
+
+
+class TurnBatcher(Generic[T, R]):
+    """Work asked for in one turn of the event loop, run as a few chunks (one per worker, at most
+    ``chunk`` items each) rather than a task per item: a task on a thread or process pool costs a
+    future, a lock and a wake-up of the loop, more than checking one small packet.
+
+    ``execute(items)`` runs one chunk (on some pool) and returns one result per item; if it
+    raises, every item of that chunk gets the exception.
+    """
+
+    def __init__(self, execute: Callable[[list[T]], Awaitable[list[R]]], *, workers: int, chunk: int) -> None:
+        self._execute, self._workers, self._chunk = execute, max(1, workers), chunk
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, item: T) -> asyncio.Future[R]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, fut))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        size = max(1, min(self._chunk, -(-len(pending) // self._workers)))  # spread over every worker
+        for i in range(0, len(pending), size):
+            task = asyncio.ensure_future(self._run(pending[i:i + size]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, chunk: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._execute([item for item, _ in chunk])
+        except BaseException as exc:  # the pool shut down under it, or cancelled: the waiters learn of it
+            for _, fut in chunk:
+                if not fut.done():
+                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("stopped"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), result in zip(chunk, results):
+            if not fut.done():
+                fut.set_result(result)

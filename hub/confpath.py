@@ -31,3 +31,13 @@ def exists(path: Path, where: str, *, kind: str = "any") -> bool:
         return path.exists()
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{where}: cannot check {str(path)[:80]!r} ({exc.__class__.__name__})") from None
+
+
+def read_config(path: Path) -> str:
+    """The text of a configuration file; missing, unreadable or not UTF-8 is a ConfigError."""
+    try:
+        return path.read_text("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None

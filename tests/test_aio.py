@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hub.aio import wait_event
+from hub.aio import TurnBatcher, wait_event
 
 
 async def test_a_cancellation_arriving_as_the_event_is_set_is_not_swallowed() -> None:
@@ -31,3 +31,27 @@ async def test_wait_event_reports_set_or_timed_out() -> None:
     asyncio.get_running_loop().call_later(0.01, ev.set)
     assert await wait_event(ev, 5) is True
 
+
+
+async def test_turn_batcher_runs_one_turns_items_as_chunks_in_order() -> None:
+    calls: list[list[int]] = []
+
+    async def execute(items: list[int]) -> list[int]:
+        calls.append(items)
+        return [i * 10 for i in items]
+
+    batch = TurnBatcher(execute, workers=2, chunk=4)
+    results = await asyncio.gather(*(batch(i) for i in range(10)))
+    assert results == [i * 10 for i in range(10)]
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]  # at most `chunk` each
+    assert await asyncio.gather(*(batch(i) for i in range(3))) == [0, 10, 20]
+    assert calls[-2:] == [[0, 1], [2]]  # spread over both workers
+
+
+async def test_turn_batcher_hands_a_failed_chunk_to_each_of_its_waiters() -> None:
+    async def execute(items: list[int]) -> list[int]:
+        raise RuntimeError("pool stopped")
+
+    batch = TurnBatcher(execute, workers=1, chunk=8)
+    outcomes = await asyncio.gather(*(batch(i) for i in range(3)), return_exceptions=True)
+    assert [str(o) for o in outcomes] == ["pool stopped"] * 3

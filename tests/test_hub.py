@@ -328,14 +328,13 @@ async def test_a_backlog_goes_out_several_frames_per_write_intact_and_in_order(f
     """A subscriber that connects to a backlog gets it through the batched write path: every
     packet, as its own WebSocket frame, in log order."""
     from hub.server.app import RELAY
-    from hub.server.session import _direct_writer
 
     async with running_hub(config) as (url, app):
         async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url) as fr:
             await asyncio.gather(it.wait_connected(), fr.wait_connected())
             await fr.subscribe("main", [">"])
             [session] = app[RELAY].sessions_by_nation["FR"]
-            assert _direct_writer(session.ws) is not None, "aiohttp changed: deliveries fell back to one write per frame"
+            assert session._direct is not None, "aiohttp changed: deliveries fell back to one write per frame"
             fr_ws = fr._ws
             assert fr_ws is not None
             await fr.close()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from hub.confpath import config_path, exists
+from hub.confpath import config_path, exists, read_config
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
@@ -138,10 +138,5 @@ def parse_node_config(text: str, path: Path) -> NodeConfig:
 
 def load_node_config(path: Path | str) -> NodeConfig:
     p = Path(path)
-    try:
-        text = p.read_text("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such configuration file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    text = read_config(p)
     return parse_node_config(text, p)

@@ -29,6 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 
+from hub.aio import TurnBatcher
 from hub.protocol import envelope
 from hub.protocol.content import entities_of
 from hub.protocol.certs import Certificate
@@ -67,8 +68,7 @@ def _init(nation: str, kem: tuple[bytes, bytes, bytes], parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def _open(raw: bytes, signer: Certificate, nation: str, kem: KemKey) -> envelope.Opened:
-    packet = envelope.parse_packet(raw)
+def _open_parsed(packet: envelope.Packet, signer: Certificate, nation: str, kem: KemKey) -> envelope.Opened:
     envelope.check_signature(packet, signer)
     return envelope.decrypt(envelope.Verified(packet, signer), nation=nation, kem=kem)
 
@@ -83,7 +83,7 @@ def _work(raw: bytes, cert_raw: bytes) -> tuple[Any, ...]:
             signer = certs[cert_raw] = Certificate.parse(cert_raw)
             if len(certs) > 1024:
                 certs.pop(next(iter(certs)))
-        o = _open(raw, signer, _WORKER["nation"], _WORKER["kem"])
+        o = _open_parsed(envelope.parse_packet(raw), signer, _WORKER["nation"], _WORKER["kem"])
     except InvalidPacket:
         return ("invalid_packet",)
     except ValidationError as exc:
@@ -113,9 +113,9 @@ class CryptoPool:
     def __init__(self, processes: int, nation: str, kem: KemKey) -> None:
         self.nation, self.kem, self.processes = nation, kem, processes
         self._executor = self._start()
-        self._pending: list[tuple[bytes, bytes, asyncio.Future[tuple[Any, ...]]]] = []
-        self._flush_scheduled = False
-        self._tasks: set[asyncio.Future[None]] = set()
+        # Packets asked for in one turn of the event loop go to the workers as a few chunks, not
+        # one by one: a task sent to a process costs more than opening a small packet.
+        self._open_batched = TurnBatcher(self._open_chunk, workers=processes, chunk=CHUNK)
 
     def _start(self) -> Executor:
         if self.processes:
@@ -132,17 +132,10 @@ class CryptoPool:
     async def open(self, packet: envelope.Packet, signer: Certificate) -> envelope.Opened:
         """Open a parsed packet whose ``signer`` the node's trust store accepted; raises like
         :func:`envelope.open_packet`."""
-        loop = asyncio.get_running_loop()
-        if not self.processes:
-            return await loop.run_in_executor(self._executor, partial(_open, packet.raw, signer, self.nation, self.kem))
-        # Packets asked for in one turn of the event loop go to the workers as a few chunks, not
-        # one by one: a task sent to a process costs more than opening a small packet.
-        fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-        self._pending.append((packet.raw, signer.raw, fut))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        r = await fut
+        if not self.processes:  # on a thread: the parsed packet itself, nothing to copy or parse again
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, partial(_open_parsed, packet, signer, self.nation, self.kem))
+        r = await self._open_batched((packet.raw, signer.raw))
         if r[0] == "ok":
             if r[4]:
                 schema.remember(r[4])
@@ -155,38 +148,21 @@ class CryptoPool:
             raise DecodeError(r[1])
         raise IntelhubError(r[1])
 
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        pending, self._pending = self._pending, []
-        size = max(1, min(CHUNK, -(-len(pending) // self.processes)))  # spread over every worker
-        for i in range(0, len(pending), size):
-            task = asyncio.ensure_future(self._run_chunk(pending[i:i + size]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run_chunk(self, chunk: list[tuple[bytes, bytes, asyncio.Future[tuple[Any, ...]]]]) -> None:
+    async def _open_chunk(self, items: list[tuple[bytes, bytes]]) -> list[tuple[Any, ...]]:
+        """One chunk on a worker process; a worker killed under it: once more on a new pool;
+        twice: each packet of the chunk is quarantined with the reason."""
         loop = asyncio.get_running_loop()
-        args = [(raw, cert) for raw, cert, _ in chunk]
-        results: list[tuple[Any, ...]] = [("error", "a crypto worker process died opening this packet")] * len(chunk)
-        try:
-            for _ in range(2):  # a worker killed under it: once more on a new pool; twice: quarantined
-                executor = self._executor
-                try:
-                    results = await loop.run_in_executor(executor, _work_many, args)
-                    break
-                except BrokenProcessPool:
-                    if executor is self._executor:  # the first to notice restarts it
-                        log.warning("a crypto worker process died; restarting the pool")
-                        self._executor = self._start()
-                        executor.shutdown(wait=False, cancel_futures=True)
-        except BaseException as exc:  # shut down under it, or cancelled: the waiters learn of it
-            for _, _, fut in chunk:
-                if not fut.done():
-                    fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("crypto pool stopped"))
-            raise
-        for (_, _, fut), r in zip(chunk, results):
-            if not fut.done():
-                fut.set_result(r)
+        for _ in range(2):
+            executor = self._executor
+            try:
+                result: list[tuple[Any, ...]] = await loop.run_in_executor(executor, _work_many, items)
+                return result
+            except BrokenProcessPool:
+                if executor is self._executor:  # the first to notice restarts it
+                    log.warning("a crypto worker process died; restarting the pool")
+                    self._executor = self._start()
+                    executor.shutdown(wait=False, cancel_futures=True)
+        return [("error", "a crypto worker process died opening this packet")] * len(items)
 
     def shutdown(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)

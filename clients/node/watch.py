@@ -267,16 +267,24 @@ class LogWatcher:
                 self._set_head(cp, note)
             return
         old, new = (head, cp) if cp.size > head.size else (cp, head)
+        if await self._consistent(client, old, new, [head_note, note], "the one") is None:
+            return
+        if cp.size > head.size:
+            self._set_head(cp, note)
+
+    async def _consistent(self, client: LogClient, old: Checkpoint, new: Checkpoint, notes: list[str],
+                          which: str) -> tuple[bytes, ...] | None:
+        """The consistency proof from ``old`` to ``new``, checked; None (and evidence saved: both
+        signed notes and the proof) when ``new`` does not extend ``old``."""
         path = await client.consistency(old.size, new.size)
         try:
             verify_consistency(old.size, new.size, old.root, new.root, list(path))
         except LogError as exc:
-            self._evidence("inconsistent", f"checkpoint of size {new.size} does not extend the one of size "
-                           f"{old.size}: {exc}", checkpoints=[head_note, note],
+            self._evidence("inconsistent", f"checkpoint of size {new.size} does not extend {which} of size "
+                           f"{old.size}: {exc}", checkpoints=notes,
                            consistency={"old": old.size, "new": new.size, "path": list(path)})
-            return
-        if cp.size > head.size:
-            self._set_head(cp, note)
+            return None
+        return path
 
     def _set_head(self, cp: Checkpoint, note: str) -> None:
         self._head = (cp, note)
@@ -308,14 +316,10 @@ class LogWatcher:
         path: tuple[bytes, ...] = ()
         if self._pin is not None:
             old, old_note = self._pin
-            prev, path = old.size, await client.consistency(old.size, cp.size)
-            try:
-                verify_consistency(old.size, cp.size, old.root, cp.root, list(path))
-            except LogError as exc:
-                self._evidence("inconsistent", f"checkpoint of size {cp.size} does not extend the pinned one "
-                               f"of size {old.size}: {exc}", checkpoints=[old_note, note],
-                               consistency={"old": old.size, "new": cp.size, "path": list(path)})
+            proven = await self._consistent(client, old, cp, [old_note, note], "the pinned one")
+            if proven is None:
                 return
+            prev, path = old.size, proven
         self._pinned_at = time.monotonic()
         self.conn.execute("INSERT OR REPLACE INTO log_checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
                           (cp.size, cp.root, cp.time, note, self.now(), prev, logdb.paths_json(path)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from hub.confpath import config_path, exists
+from hub.confpath import config_path, exists, read_config
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
@@ -180,10 +180,5 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
 
 def load_config(path: Path | str) -> HubConfig:
     p = Path(path)
-    try:
-        text = p.read_text("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such configuration file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read ({exc})") from None
+    text = read_config(p)
     return parse_config(text, p.parent.resolve(), str(p))

@@ -47,7 +47,6 @@ log = logging.getLogger("intelhub.hub.log")
 MAX_MERGE_DELAY: Final[int] = 60
 #: At most one promise signature per this many seconds; publishes meanwhile share the next one.
 PROMISE_SPACING: Final[float] = 0.005
-#: Leaves listed in one batch promise (keeps its text under 4 KiB).
 #: An unchanged tree is signed again this often, so witnesses see the log is alive.
 CHECKPOINT_HEARTBEAT: Final[int] = 60
 #: Signed checkpoints kept in memory for ``GET /v1/log/checkpoint?size=``.

@@ -12,12 +12,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from functools import partial
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from hub.aio import TurnBatcher
 from hub.protocol import envelope
 from hub.protocol.roster import RevocationList
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError, UntrustedSigner
@@ -70,27 +70,14 @@ class Accepted:
     promise: str | None
 
 
-def _settle_from_thread(loop: asyncio.AbstractEventLoop, chunk: list[tuple[bytes, int, asyncio.Future[Any]]],
-                        work: Any) -> None:
-    try:
-        loop.call_soon_threadsafe(_settle, chunk, work)
-    except RuntimeError:  # the loop closed first: the hub is gone, and with it every waiter
-        pass
-
-
-def _settle(chunk: list[tuple[bytes, int, asyncio.Future[Any]]], work: Any) -> None:
-    """On the event loop: hand each packet of a verified chunk its result (or its exception)."""
-    try:
-        results = work.result()
-    except BaseException as exc:  # noqa: BLE001 - the pool shut down under it
-        results = [(False, exc if isinstance(exc, Exception) else RuntimeError("verify pool stopped"))] * len(chunk)
-    for (_, _, fut), (ok, value) in zip(chunk, results):
-        if fut.done():
-            continue
-        if ok:
-            fut.set_result(value)
-        else:
-            fut.set_exception(value)
+def _verify_each(verify: Any, items: list[tuple[bytes, int]]) -> list[tuple[bool, Any]]:
+    out: list[tuple[bool, Any]] = []
+    for raw, now in items:
+        try:
+            out.append((True, verify(raw, now)))
+        except Exception as exc:  # noqa: BLE001 - handed to the packet's own publish
+            out.append((False, exc))
+    return out
 
 
 class Relay:
@@ -101,7 +88,7 @@ class Relay:
         self.storage = storage
         self.metrics = metrics
         self.hub_log = hub_log
-        self._to_verify: list[tuple[bytes, int, asyncio.Future[Any]]] = []
+        self._verify_batched = TurnBatcher(self._verify_chunk, workers=config.verify_threads, chunk=VERIFY_CHUNK)
         self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="hub-verify") \
             if config.verify_threads > 0 else None
         self._buckets: dict[str, TokenBucket] = {}
@@ -175,41 +162,11 @@ class Relay:
         # The packet's digest is taken here too: on the worker thread, off the event loop.
         return envelope.verify(raw, self.trust, now), hashlib.sha256(raw).digest()
 
-    def _verify_on_pool(self, raw: bytes, now: int) -> asyncio.Future[tuple[envelope.Verified, bytes]]:
-        """:meth:`_verify` on the verify threads. Packets arriving in one turn of the event loop go
-        as a few chunks, one per thread: a task per packet costs a future, a lock and a wake-up of
-        the loop each, on the thread every packet waits for."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[envelope.Verified, bytes]] = loop.create_future()
-        self._to_verify.append((raw, now, fut))
-        if len(self._to_verify) == 1:
-            loop.call_soon(self._flush_verify)
-        return fut
-
-    def _flush_verify(self) -> None:
-        pending, self._to_verify = self._to_verify, []
+    async def _verify_chunk(self, items: list[tuple[bytes, int]]) -> list[tuple[bool, Any]]:
+        """:meth:`_verify` of a chunk of packets on a verify thread; each packet's outcome, its
+        exception included, goes back to its own publish."""
         assert self.pool is not None
-        size = max(1, min(VERIFY_CHUNK, -(-len(pending) // self.config.verify_threads)))
-        loop = asyncio.get_running_loop()
-        for i in range(0, len(pending), size):
-            chunk = pending[i:i + size]
-            try:
-                work = self.pool.submit(self._verify_many, [(raw, now) for raw, now, _ in chunk])
-            except RuntimeError as exc:  # the pool is shut down: the hub is stopping
-                for _, _, fut in chunk:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            work.add_done_callback(partial(_settle_from_thread, loop, chunk))
-
-    def _verify_many(self, items: list[tuple[bytes, int]]) -> list[tuple[bool, Any]]:
-        out: list[tuple[bool, Any]] = []
-        for raw, now in items:
-            try:
-                out.append((True, self._verify(raw, now)))
-            except Exception as exc:  # noqa: BLE001 - handed to the packet's own publish
-                out.append((False, exc))
-        return out
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _verify_each, self._verify, items)
 
     async def publish(self, raw: bytes, *, nation: str | None, cert: bytes | None = None,
                       rate_key: str | None = None) -> Accepted:
@@ -236,7 +193,10 @@ class Relay:
             if self.pool is None:
                 v, digest = self._verify(raw, now)
             else:
-                v, digest = await self._verify_on_pool(raw, now)
+                ok, value = await self._verify_batched((raw, now))
+                if not ok:
+                    raise value
+                v, digest = value
         except DecodeError as exc:
             raise reject("malformed", str(exc)) from None
         except InvalidPacket as exc:

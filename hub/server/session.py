@@ -179,6 +179,8 @@ class Session:
     def __init__(self, relay: Relay, ws: web.WebSocketResponse, peer: str) -> None:
         self.relay = relay
         self.ws = ws
+        # Looked up once: the connection is prepared, and its writer does not change.
+        self._direct = _direct_writer(ws)
         self.peer = peer
         self.nation = ""
         self.id = uuid.uuid4().hex[:12]
@@ -227,7 +229,7 @@ class Session:
         back: a burst of ACCEPTED answers and deliveries to one node costs one write, not dozens.
         Without aiohttp's usual internals (or with compression) frames go one send_bytes each.
         """
-        direct = _direct_writer(self.ws)
+        direct = self._direct
         if direct is None:
             async with self._send_lock:
                 for data in datas:
@@ -254,9 +256,8 @@ class Session:
             transport.write(b"".join(out))
 
     def _flush_now(self) -> None:
-        direct = _direct_writer(self.ws)
-        if direct is not None:
-            self._flush(direct[1])
+        if self._direct is not None:
+            self._flush(self._direct[1])
 
     # -- the connection ------------------------------------------------------------
 
