@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -330,10 +331,15 @@ def test_deep_nesting_rejected(fed: Federation, trust: Trust) -> None:
     p = codec.decode(make(fed))
     first = codec.encode({"ct": p["ct"], "header": p["header"], "keys": p["keys"]})
     assert first[0] == 0x83
-    # The same packet with "sig" replaced by 50 nested arrays, keys still in canonical order.
-    bomb = b"\x85" + first[1:] + codec.encode("sig") + b"\x91" * 50 + b"\xc0" + codec.encode("v") + b"\x01"
+    # The same packet with "sig" replaced by nested arrays, keys still in canonical order. The
+    # closed schema refuses 50 levels by shape, before any work; 5,000 trip the decoder's own limit.
+    def bomb(levels: int) -> bytes:
+        return b"\x85" + first[1:] + codec.encode("sig") + b"\x91" * levels + b"\xc0" + codec.encode("v") + b"\x01"
+
+    with pytest.raises(DecodeError, match="sig a map"):
+        verify(bomb(50), trust, NOW)
     with pytest.raises(DecodeError, match="nesting"):
-        verify(bomb, trust, NOW)
+        verify(bomb(5000), trust, NOW)
 
 
 def test_too_many_recipients_rejected(fed: Federation, trust: Trust) -> None:
@@ -400,3 +406,42 @@ def test_check_signature_refuses_a_certificate_other_than_the_headers(fed: Feder
     other = fed.members["IT"].node_cert
     with pytest.raises(InvalidPacket):
         envelope.check_signature(packet, other)
+
+
+def _packed(p: dict[str, Any], h: dict[str, Any]) -> bytes:
+    """A packet packed as the dicts are ordered (not canonicalised): what a sloppy encoder sends."""
+    return msgpack.packb({**p, "header": msgpack.packb(h, use_bin_type=True)}, use_bin_type=True)
+
+
+def _reordered(d: dict[str, Any]) -> dict[str, Any]:
+    return dict(reversed(list(d.items())))
+
+
+@pytest.mark.parametrize("where", ["packet", "sig", "header", "sender", "recipient"])
+def test_maps_out_of_canonical_order_are_refused(fed: Federation, trust: Trust, where: str) -> None:
+    """The packet and its header are decoded without the generic tree walk (their schema is closed,
+    and checks every map's key order itself): each map out of order is still refused."""
+    p = codec.decode(make(fed, to=("FR", "DE")))
+    h = codec.decode(p["header"])
+    assert envelope.parse_packet(_packed(p, h)).raw  # packed in canonical order, it parses
+    if where == "packet":
+        p = _reordered(p)
+    elif where == "sig":
+        p["sig"] = _reordered(p["sig"])
+    elif where == "header":
+        h = _reordered(h)
+    elif where == "sender":
+        h["sender"] = _reordered(h["sender"])
+    else:
+        h["to"][1] = _reordered(h["to"][1])
+    with pytest.raises(DecodeError, match="order"):
+        envelope.parse_packet(_packed(p, h))
+
+
+@pytest.mark.parametrize("field,value", [("created", 1.5e9), ("v", True), ("topic", b"alerts"), ("expires", None)])
+def test_header_values_of_a_wrong_type_are_refused(fed: Federation, field: str, value: object) -> None:
+    p = codec.decode(make(fed))
+    h = codec.decode(p["header"])
+    h[field] = value
+    with pytest.raises(DecodeError, match=f"header.*{field}"):
+        envelope.parse_packet(_packed(p, h))

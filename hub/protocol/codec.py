@@ -97,8 +97,14 @@ def decode(
     max_size: int = MAX_SIZE,
     max_items: int = MAX_ITEMS,
     max_depth: int = MAX_DEPTH,
+    tree: bool = True,
 ) -> Any:
-    """Decode one canonical value, or raise :class:`DecodeError` saying what is wrong."""
+    """Decode one canonical value, or raise :class:`DecodeError` saying what is wrong.
+
+    ``tree=False`` leaves out the walk that checks map key order, value types and depth, for
+    a caller with a closed schema that checks the key order of every map and the type of every
+    value itself (the packet and its header, on every packet). Everything else is still checked.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     data = bytes(data)
@@ -136,7 +142,8 @@ def decode(
         raise DecodeError(f"not valid msgpack ({msg})") from None
     t = type(obj)
     if t is dict or t is list:
-        _check_tree(obj, max_depth)
+        if tree:
+            _check_tree(obj, max_depth)
     elif t not in _LEAVES:
         raise DecodeError(_bad_type(t))
     # Shortest-form integers, lengths and str/bin choice: the only encoding of

@@ -18,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 from cryptography.exceptions import InvalidTag
@@ -44,15 +44,16 @@ TOPIC_RE: Final = re.compile(r"[a-z0-9_-]{1,32}(\.[a-z0-9_-]{1,32}){0,7}")
 #: Content keys are used exactly once, so a fixed nonce is safe (as in age).
 _NONCE: Final[bytes] = bytes(12)
 
-_PACKET_FIELDS: Final = frozenset({"v", "header", "sig", "ct", "keys"})
-_HEADER_FIELDS: Final = frozenset({"v", "suite", "id", "sender", "to", "topic", "created", "expires", "ct", "commit"})
-_SENDER_FIELDS: Final = frozenset({"nation", "cert"})
-_RECIPIENT_FIELDS: Final = frozenset({"nation", "key", "wrap"})
+# Each map's fields in canonical (sorted) order: the strict parse compares key lists with these,
+# which checks the field set and the canonical order in one step (see codec.decode's ``tree``).
+_PACKET_FIELDS: Final = sorted(["v", "header", "sig", "ct", "keys"])
+_HEADER_FIELDS: Final = sorted(["v", "suite", "id", "sender", "to", "topic", "created", "expires", "ct", "commit"])
+_SENDER_FIELDS: Final = ["cert", "nation"]
+_RECIPIENT_FIELDS: Final = ["key", "nation", "wrap"]
 _NATION: Final = re.compile(r"[A-Z]{2}")
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
     nation: str
     #: Fingerprint of the recipient's node certificate whose HPKE key was used.
     key: bytes
@@ -168,7 +169,13 @@ def _id_ms(now: int) -> int:
 
 
 def commitment(salt: bytes, content_bytes: bytes) -> bytes:
-    return hashlib.sha256(signing_input("commit", salt + content_bytes)).digest()
+    h = hashlib.sha256(_COMMIT_PREFIX)  # = SHA-256(signing_input("commit", salt || content)), without the copies
+    h.update(salt)
+    h.update(content_bytes)
+    return h.digest()
+
+
+_COMMIT_PREFIX: Final = signing_input("commit", b"")
 
 
 def _aad(h: dict[str, Any]) -> bytes:
@@ -207,10 +214,10 @@ def _bytes32(v: object, path: str) -> bytes:
 
 def _parse_header(raw: bytes) -> Header:
     # The hub runs this for every packet: checks are inlined rather than helper calls.
-    h = codec.decode(raw, max_size=MAX_PACKET_SIZE, max_items=MAX_RECIPIENTS + 16)
-    if type(h) is not dict or h.keys() != _HEADER_FIELDS:
-        extra = sorted(set(h) - _HEADER_FIELDS) if type(h) is dict else []
-        raise DecodeError(f"header: unknown field {extra[0]!r}" if extra else "header: missing or wrong fields")
+    # Every map's key order and every value's type are checked below: a closed schema.
+    h = codec.decode(raw, max_size=MAX_PACKET_SIZE, max_items=MAX_RECIPIENTS + 16, tree=False)
+    if type(h) is not dict or list(h) != _HEADER_FIELDS:
+        raise _fields_error("header", h, _HEADER_FIELDS)
     if type(h["v"]) is not int or h["v"] != VERSION:
         raise DecodeError(f"header.v: unsupported version {h['v']!r} (this is v{VERSION})")
     suite = get_suite(h["suite"])
@@ -218,8 +225,8 @@ def _parse_header(raw: bytes) -> Header:
     if type(pid) is not bytes or len(pid) != 16:
         raise DecodeError("header.id: must be 16 bytes")
     sender = h["sender"]
-    if type(sender) is not dict or sender.keys() != _SENDER_FIELDS:
-        raise DecodeError("header.sender: must be a map of nation and cert")
+    if type(sender) is not dict or list(sender) != _SENDER_FIELDS:
+        raise DecodeError("header.sender: must be a map of cert and nation, in that order")
     sender_nation = sender["nation"]
     if type(sender_nation) is not str or not _NATION.fullmatch(sender_nation):
         raise DecodeError("header.sender.nation: must be a nation code (two capital letters)")
@@ -229,8 +236,8 @@ def _parse_header(raw: bytes) -> Header:
     recipients = []
     prev = ""
     for i, r in enumerate(to):
-        if type(r) is not dict or r.keys() != _RECIPIENT_FIELDS:
-            raise DecodeError(f"header.to[{i}]: must be a map of nation, key and wrap")
+        if type(r) is not dict or list(r) != _RECIPIENT_FIELDS:
+            raise DecodeError(f"header.to[{i}]: must be a map of key, nation and wrap, in that order")
         nation, key, wrap = r["nation"], r["key"], r["wrap"]
         if type(nation) is not str or not _NATION.fullmatch(nation):
             raise DecodeError(f"header.to[{i}].nation: must be a nation code (two capital letters)")
@@ -252,16 +259,77 @@ def _parse_header(raw: bytes) -> Header:
     )
 
 
+class HeaderPeek(NamedTuple):
+    """The header fields a node needs before the strict parse: the packet id (to skip a packet
+    just stored) and what :func:`check_signer` reads. NOT validated, so good only for choosing a
+    certificate: whatever is then accepted must rest on a strict parse that agrees (see
+    :func:`peek_agrees`)."""
+
+    id: bytes
+    suite: Suite
+    sender: str
+    sender_cert: bytes
+    created: int
+
+    @property
+    def packet_id(self) -> str:
+        return str(uuid.UUID(bytes=self.id))
+
+
+def peek_header(raw: bytes) -> HeaderPeek | None:
+    """A fast, permissive read of those fields (two C-level unpacks, no canonical checks), or
+    None when they cannot be read that way; the strict parse then says what is wrong."""
+    try:
+        outer = msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_no_ext, max_str_len=MAX_PACKET_SIZE,
+                                max_bin_len=MAX_PACKET_SIZE, max_array_len=MAX_RECIPIENTS + 8, max_map_len=16)
+        h = msgpack.unpackb(outer["header"], raw=False, strict_map_key=True, ext_hook=_no_ext,
+                            max_str_len=MAX_PACKET_SIZE, max_bin_len=MAX_PACKET_SIZE,
+                            max_array_len=MAX_RECIPIENTS + 8, max_map_len=16)
+        pid, sender, created = h["id"], h["sender"], h["created"]
+        nation, cert = sender["nation"], sender["cert"]
+        if type(pid) is not bytes or len(pid) != 16 or type(nation) is not str or type(cert) is not bytes \
+                or type(created) is not int:
+            return None
+        return HeaderPeek(pid, get_suite(h["suite"]), nation, cert, created)
+    except Exception:  # noqa: BLE001 - anything at all: the strict parse will name it
+        return None
+
+
+def peek_agrees(peek: HeaderPeek, header: Header) -> bool:
+    """Whether a strictly parsed header has the fields a trust decision was taken on from ``peek``."""
+    return (peek.id, peek.suite.id, peek.sender, peek.sender_cert, peek.created) == \
+        (header.id, header.suite.id, header.sender, header.sender_cert, header.created)
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ValueError("extension type")
+
+
+def _fields_error(what: str, m: object, fields: list[str]) -> DecodeError:
+    if type(m) is not dict:
+        return DecodeError(f"{what}: must be a map")
+    extra = sorted(k for k in m if k not in fields) if all(type(k) is str for k in m) else [next(iter(m))]
+    if extra:
+        return DecodeError(f"{what}: unknown field {extra[0]!r}")
+    if len(m) != len(fields):
+        return DecodeError(f"{what}: missing fields ({', '.join(f for f in fields if f not in m)})")
+    return DecodeError(f"{what}: map keys out of canonical order")
+
+
 def parse_packet(raw: bytes, *, max_size: int = MAX_PACKET_SIZE) -> Packet:
     """Strictly decode a packet's structure (no cryptography); :class:`DecodeError` if malformed."""
-    p = codec.decode(raw, max_size=max_size, max_items=MAX_RECIPIENTS + 8)
-    if type(p) is not dict or p.keys() != _PACKET_FIELDS:
-        extra = sorted(set(p) - _PACKET_FIELDS) if type(p) is dict else []
-        raise DecodeError(f"packet: unknown field {extra[0]!r}" if extra else "packet: missing or wrong fields")
+    # Every map's key order and every value's type are checked below: a closed schema.
+    p = codec.decode(raw, max_size=max_size, max_items=MAX_RECIPIENTS + 8, tree=False)
+    if type(p) is not dict or list(p) != _PACKET_FIELDS:
+        raise _fields_error("packet", p, _PACKET_FIELDS)
     if p["v"] != VERSION or type(p["v"]) is not int:
         raise DecodeError(f"packet.v: unsupported version {p['v']!r} (this is v{VERSION})")
-    if type(p["header"]) is not bytes or type(p["ct"]) is not bytes or type(p["sig"]) is not dict:
+    sig = p["sig"]
+    if type(p["header"]) is not bytes or type(p["ct"]) is not bytes or type(sig) is not dict:
         raise DecodeError("packet: header and ct must be bytes, sig a map")
+    # Which halves a suite needs is the signature check's business; the shape is checked here.
+    if any(type(k) is not str or type(v) is not bytes for k, v in sig.items()) or list(sig) != sorted(sig):
+        raise DecodeError("packet.sig: must map signature names, in canonical order, to bytes")
     header = _parse_header(p["header"])
     keys = p["keys"]
     wrapped_len = header.suite.enc_len + CONTENT_KEY_LEN + WRAPPED_KEY_OVERHEAD
@@ -337,7 +405,7 @@ def verify(raw: bytes | Packet, trust: Trust, now: int) -> Verified:
     return Verified(packet, signer)
 
 
-def check_signer(h: Header, trust: Trust, now: int) -> Certificate:
+def check_signer(h: Header | HeaderPeek, trust: Trust, now: int) -> Certificate:
     """The first half of :func:`verify`: the suite is allowed and the signer may sign this header now."""
     if h.suite.id not in trust.roster.suites:
         raise UntrustedSigner(f"suite {h.suite.id} is not allowed by the roster ({', '.join(trust.roster.suites)})")

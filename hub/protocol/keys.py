@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Final
 
 import base64
@@ -212,9 +213,11 @@ class KemKey:
         return KemPublicKey.from_wire({HYBRID.id: hy, CLASSIC.id: cl})
 
     def for_suite(self, suite: Suite) -> Any:
-        if suite.id == HYBRID.id:
-            return hpke.MLKEM768X25519PrivateKey(self.mlkem768, self.hybrid_x25519)
-        return self.classic_x25519
+        return self._hybrid if suite.id == HYBRID.id else self.classic_x25519
+
+    @cached_property  # one wrapper per key, not one per packet opened
+    def _hybrid(self) -> Any:
+        return hpke.MLKEM768X25519PrivateKey(self.mlkem768, self.hybrid_x25519)
 
 
 # ---------------------------------------------------------------------------

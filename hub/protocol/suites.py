@@ -26,8 +26,12 @@ class Suite:
     enc_len: int
 
     def hpke(self) -> hpke.Suite:
-        return hpke.Suite(self.kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+        return _HPKE[self.kem]
 
+
+#: The HPKE suite of each KEM (stateless objects, built once).
+_HPKE: Final = {kem: hpke.Suite(kem, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+                for kem in (hpke.KEM.MLKEM768_X25519, hpke.KEM.X25519)}
 
 #: Default: ML-KEM-768 + X25519 hybrid KEM, Ed25519 + ML-DSA-65 signatures, both required.
 HYBRID: Final = Suite("IH1-HYBRID", hpke.KEM.MLKEM768_X25519, True, 1120)
