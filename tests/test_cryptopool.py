@@ -8,13 +8,16 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from hub.protocol import envelope
+from clients.connection import Delivery
+from clients.node.cryptopool import CryptoPool
+from hub.protocol import codec, envelope
 from hub.protocol.federation import Federation
 
-from .attackutil import forward, quarantine_reasons
+from .attackutil import forward, quarantine_reasons, rebuild
 from .conftest import sample_alert
 from .hubutil import hub_config, node_client, running_hub, seal_for
 from .nodeutil import NodeProcess, make_node, node_toml, running_nodes, until
@@ -106,3 +109,80 @@ async def test_worker_processes_exit_when_the_node_is_sigkilled(fed: Federation,
             assert not any(_alive(w) for w in workers), (workers, (d / "node.log").read_text()[-2000:])
         finally:
             node.kill()
+
+
+def _unsorted(raw: bytes) -> bytes:
+    """``raw`` with the packet map's keys in reverse order: read permissively the same packet,
+    refused by the strict decoder (non-canonical)."""
+    import msgpack
+
+    p = codec.decode(raw)
+    return msgpack.packb(dict(reversed(list(p.items()))), use_bin_type=True)
+
+
+def _untrusted_signer(fed: Federation) -> bytes:
+    """A well-formed packet claiming a certificate the trust store has never seen."""
+    def edit(p: dict[str, Any], h: dict[str, Any]) -> None:
+        h["sender"]["cert"] = b"\x07" * 32
+
+    return rebuild(seal_for(fed, "IT", ["FR"]), edit)
+
+
+async def test_workers_skip_the_node_side_parse_with_the_same_outcomes(
+        fed: Federation, fed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With worker processes the node only peeks at the header (the worker parses strictly). Bad
+    deliveries, as a dishonest hub would hand them in, get exactly the outcomes and quarantine
+    reasons of the node that parses everything itself."""
+    good = seal_for(fed, "IT", ["FR"])
+    flips = []
+    for i in range(0, len(good), 97):
+        p = bytearray(good)
+        p[i] ^= 1 << (i % 8)
+        flips.append(bytes(p))
+    bad = [*flips, _unsorted(good), _untrusted_signer(fed), _invalid_content_packet(fed, monkeypatch),
+           forward(fed, good, by="FR", to="FR"), good[:-1], good + b"\x00"]
+    results = {}
+    peeked = 0
+    real_peek = envelope.peek_header
+
+    def counting_peek(raw: bytes) -> envelope.HeaderPeek | None:
+        nonlocal peeked
+        peeked += 1
+        return real_peek(raw)
+
+    monkeypatch.setattr(envelope, "peek_header", counting_peek)
+    full_opens = {0: 0, 2: 0}
+    real_open = CryptoPool.open
+
+    async def counting_open(self: CryptoPool, packet: envelope.Packet, signer: Any) -> envelope.Opened:
+        full_opens[self.processes] += 1
+        return await real_open(self, packet, signer)
+
+    monkeypatch.setattr(CryptoPool, "open", counting_open)
+    for workers in (0, 2):
+        node = make_node("FR", fed_dir, "http://127.0.0.1:9", tmp_path / f"w{workers}",
+                         f"crypto_workers = {workers}\n[receipts]\ndelivered = false\n")
+        try:
+            await node.crypto.warm()
+            outcomes = [await node.handle(Delivery("main", i, raw, None, None)) for i, raw in enumerate([*bad, good])]
+            results[workers] = (outcomes, quarantine_reasons(tmp_path / f"w{workers}" / "FR" / "store.db"))
+        finally:
+            node.watcher.close()
+            node.st.close()
+            node.crypto.shutdown(wait=False)
+    assert peeked == len(bad) + 1  # the process node peeked at every delivery; the thread node at none
+    assert results[2] == results[0]
+    assert full_opens[2] == 0 and full_opens[0] > 0, full_opens  # with workers, all opened off the peek
+    outcomes, reasons = results[0]
+    assert outcomes == ["quarantined"] * len(bad) + ["stored"]
+    assert {r.split(":")[0] for r in reasons} == {"malformed", "invalid_packet", "untrusted_signer", "invalid_content"}
+
+
+def test_peek_agrees_with_the_strict_parse(fed: Federation) -> None:
+    raw = seal_for(fed, "IT", ["FR", "DE", "GB"])
+    peek, header = envelope.peek_header(raw), envelope.parse_packet(raw).header
+    assert peek is not None and envelope.peek_agrees(peek, header)
+    assert peek.packet_id == header.packet_id
+    assert not envelope.peek_agrees(peek._replace(created=peek.created + 1), header)
+    for junk in (b"", b"\xc1", b"\x80", raw[:40], b"\x81\xa6header\xc4\x01\x00", codec.encode({"header": 5})):
+        assert envelope.peek_header(junk) is None

@@ -35,6 +35,7 @@ from hub.protocol.content import entities_of
 from hub.protocol.certs import Certificate
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ValidationError
 from hub.protocol.keys import KemKey
+from hub.protocol.suites import get_suite
 
 from . import schema
 
@@ -73,9 +74,10 @@ def _open_parsed(packet: envelope.Packet, signer: Certificate, nation: str, kem:
     return envelope.decrypt(envelope.Verified(packet, signer), nation=nation, kem=kem)
 
 
-def _work(raw: bytes, cert_raw: bytes) -> tuple[Any, ...]:
+def _work(raw: bytes, cert_raw: bytes, want_header: bool) -> tuple[Any, ...]:
     """In a worker: open ``raw`` as signed by ``cert_raw``; plain data back (exceptions as tags,
-    since not every intelhub error survives pickling as itself)."""
+    since not every intelhub error survives pickling as itself). ``want_header``: the node did
+    not parse the packet itself (see :meth:`CryptoPool.open_raw`), so the header comes back too."""
     certs: dict[bytes, Certificate] = _WORKER["certs"]
     try:
         signer = certs.get(cert_raw)
@@ -96,11 +98,22 @@ def _work(raw: bytes, cert_raw: bytes) -> tuple[Any, ...]:
     # looks the results up (clients.node.schema caches them).
     names = {n: schema.analyse_name(n) for e in entities_of(o.content)
              for n in (*e.get("names", ()), *e.get("aliases", ())) if type(n) is str}
-    return ("ok", o.content, o.salt, o.content_bytes, names)
+    return ("ok", o.content, o.salt, o.content_bytes, names, _header_fields(o.header) if want_header else None)
 
 
-def _work_many(items: list[tuple[bytes, bytes]]) -> list[tuple[Any, ...]]:
-    return [_work(raw, cert) for raw, cert in items]
+def _header_fields(h: envelope.Header) -> tuple[Any, ...]:
+    # Plain values: cheaper to pickle than the dataclasses, and the suite stays the module's own object.
+    return (h.raw, h.suite.id, h.id, h.sender, h.sender_cert, tuple((r.nation, r.key, r.wrap) for r in h.to),
+            h.topic, h.created, h.expires, h.ct_digest, h.commit)
+
+
+def _header_from(f: tuple[Any, ...]) -> envelope.Header:
+    return envelope.Header(f[0], get_suite(f[1]), f[2], f[3], f[4], tuple(envelope.Recipient(*r) for r in f[5]),
+                           f[6], f[7], f[8], f[9], f[10])
+
+
+def _work_many(items: list[tuple[bytes, bytes, bool]]) -> list[tuple[Any, ...]]:
+    return [_work(*item) for item in items]
 
 
 def _ready() -> bool:
@@ -135,11 +148,21 @@ class CryptoPool:
         if not self.processes:  # on a thread: the parsed packet itself, nothing to copy or parse again
             return await asyncio.get_running_loop().run_in_executor(
                 self._executor, partial(_open_parsed, packet, signer, self.nation, self.kem))
-        r = await self._open_batched((packet.raw, signer.raw))
+        return self._opened(await self._open_batched((packet.raw, signer.raw, False)), signer, packet.header)
+
+    async def open_raw(self, raw: bytes, signer: Certificate) -> envelope.Opened:
+        """Open a packet the node has only peeked at (worker processes only): the strict parse
+        happens on the worker, once, and the header comes back from there. The caller must check
+        that it agrees with what it chose ``signer`` by (:func:`envelope.peek_agrees`)."""
+        assert self.processes
+        return self._opened(await self._open_batched((raw, signer.raw, True)), signer, None)
+
+    @staticmethod
+    def _opened(r: tuple[Any, ...], signer: Certificate, header: envelope.Header | None) -> envelope.Opened:
         if r[0] == "ok":
             if r[4]:
                 schema.remember(r[4])
-            return envelope.Opened(packet.header, signer, r[1], r[2], r[3])
+            return envelope.Opened(header or _header_from(r[5]), signer, r[1], r[2], r[3])
         if r[0] == "invalid_packet":
             raise InvalidPacket()
         if r[0] == "invalid":
@@ -148,7 +171,7 @@ class CryptoPool:
             raise DecodeError(r[1])
         raise IntelhubError(r[1])
 
-    async def _open_chunk(self, items: list[tuple[bytes, bytes]]) -> list[tuple[Any, ...]]:
+    async def _open_chunk(self, items: list[tuple[bytes, bytes, bool]]) -> list[tuple[Any, ...]]:
         """One chunk on a worker process; a worker killed under it: once more on a new pool;
         twice: each packet of the chunk is quarantined with the reason."""
         loop = asyncio.get_running_loop()

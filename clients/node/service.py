@@ -31,7 +31,7 @@ from hub.protocol.roster import RevocationList
 from hub.protocol.envelope import Header, Opened
 from hub.protocol.certs import Certificate
 from hub.protocol.content import default_topic, validate_content
-from hub.protocol.errors import ConfigError, IntelhubError, KeyFileError, ProtocolError, ValidationError
+from hub.protocol.errors import ConfigError, DecodeError, IntelhubError, KeyFileError, ProtocolError, ValidationError
 from hub.protocol.keys import KemKey, SigningKey
 from hub.protocol.trust import Trust
 
@@ -187,6 +187,10 @@ class NodeService:
         """Everything before the store: parse, skip known packets, verify and decrypt (on a worker
         thread or process: see cryptopool), filter. Never raises for a bad packet."""
         received = self.now()
+        if self.crypto.processes:
+            fast = await self._prepare_peeked(d, received)
+            if fast is not None:
+                return fast
         try:
             if d.cert is not None:
                 self.me.trust.add_certificate(d.cert)
@@ -205,6 +209,32 @@ class NodeService:
         except IntelhubError as exc:
             return Prepared(d, received, header, error=exc)
         return Prepared(d, received, header, opened, self.filters.decide(opened.header, opened.content))
+
+    async def _prepare_peeked(self, d: Delivery, received: int) -> Prepared | None:
+        """:meth:`prepare` for the common case with worker processes, without a strict parse here.
+
+        The trust decision is taken on fields peeked from the header; the worker parses strictly
+        and its header must carry the same fields. Outcomes are the full path's: a failed packet
+        is parsed strictly here, so a malformed one is reported as that first, as it would be.
+        None (the caller takes the full path) for a certificate to learn, a packet the peek
+        cannot read, or a recent id."""
+        peek = envelope.peek_header(d.packet) if d.cert is None else None
+        if peek is None or peek.packet_id in self._recent_ids:
+            return None
+        try:
+            signer = envelope.check_signer(peek, self.me.trust, received)
+            opened = await self.crypto.open_raw(d.packet, signer)
+            if not envelope.peek_agrees(peek, opened.header):
+                raise DecodeError("the header reads differently strictly and permissively")
+        except IntelhubError as exc:
+            # The bytes a strict parse accepts read the same permissively, so the full path would
+            # have reached the same check with the same fields, and failed the same way.
+            try:
+                header = envelope.parse_packet(d.packet).header
+            except IntelhubError as bad:
+                return Prepared(d, received, None, error=bad)
+            return Prepared(d, received, header, error=exc)
+        return Prepared(d, received, opened.header, opened, self.filters.decide(opened.header, opened.content))
 
     async def commit(self, batch: list[Prepared]) -> list[str]:
         """Store a batch in one transaction (quarantining what failed), then act on it.
