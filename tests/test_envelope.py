@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 from typing import Any, Callable
 
 import msgpack
@@ -445,3 +447,8 @@ def test_header_values_of_a_wrong_type_are_refused(fed: Federation, field: str, 
     h[field] = value
     with pytest.raises(DecodeError, match=f"header.*{field}"):
         envelope.parse_packet(_packed(p, h))
+
+
+def test_packet_id_text_is_the_uuid_form() -> None:
+    for pid in (bytes(16), b"\xff" * 16, envelope.new_packet_id(1_764_000_000_000), os.urandom(16)):
+        assert envelope.packet_id_text(pid) == str(uuid.UUID(bytes=pid))

@@ -85,18 +85,20 @@ def clean_text(value: object, path: str, max_len: int, *, multiline: bool = Fals
     if type(value) is not str:
         hint = " (omit an optional field instead of null)" if value is None else ""
         raise ValidationError(path, f"expected a string, got {type_name(value)}{hint}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(path, "contains an unpaired surrogate (not valid Unicode)") from None
-    text = unicodedata.normalize("NFC", value)
+    ascii_only = value.isascii()  # most fields: then no surrogates, already NFC, no bidi controls
+    if not ascii_only:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValidationError(path, "contains an unpaired surrogate (not valid Unicode)") from None
+    text = value if ascii_only else unicodedata.normalize("NFC", value)
     if multiline:
         text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
     else:
         text = _SPACES.sub(" ", text).strip()  # names compare equal however they were spaced
     if (c := _CONTROL.search(text)) is not None:
         raise ValidationError(path, f"contains the control character U+{ord(c[0]):04X}")
-    if (m := _BIDI.search(text)) is not None:
+    if not ascii_only and (m := _BIDI.search(text)) is not None:
         raise ValidationError(path, f"contains the invisible bidirectional control U+{ord(m[0]):04X}")
     if not text:
         raise ValidationError(path, "must not be empty")
@@ -279,6 +281,11 @@ def _unknown(key: object, allowed: Collection[str], foreign: Mapping[str, str]) 
     return "unknown field" + (f' (did you mean "{close[0]}"?)' if close else "")
 
 
+_IDENT_ALLOWED: Final = {k: frozenset({"type", "value"}) | EXTRA_FIELDS.get(k, frozenset()) for k in IDENTIFIER_TYPES}
+_IDENT_FOREIGN: Final = {k: {f: f"not a field of a {k} identifier" for f in ("country", "chain", "platform")}
+                         for k in IDENTIFIER_TYPES}
+
+
 def validate_identifier(obj: object, path: str) -> dict[str, str]:
     """A normalised identifier object ``{"type", "value", ...}`` (docs/content.md)."""
     if type(obj) is not dict:
@@ -292,9 +299,7 @@ def validate_identifier(obj: object, path: str) -> dict[str, str]:
         shown = "is required" if kind_raw is None else f'"{kind_raw}" is not an identifier type'
         raise ValidationError(join(path, "type"), f"{shown} ({hint})")
     kind: str = kind_raw
-    extras = EXTRA_FIELDS.get(kind, frozenset())
-    fields = Obj(obj, path, {"type", "value"} | extras, foreign={
-        k: f"not a field of a {kind} identifier" for k in ("country", "chain", "platform")})
+    fields = Obj(obj, path, _IDENT_ALLOWED[kind], foreign=_IDENT_FOREIGN[kind])
     out: dict[str, str] = {"type": kind, "value": ""}
     if fields.has("country"):
         out["country"] = country(obj["country"], fields.at("country"))
@@ -329,11 +334,7 @@ def validate_entity(obj: object, path: str, *, schemas: Collection[str] = SCHEMA
         what = "is required" if schema is None else f'"{schema}" is not allowed here'
         raise ValidationError(join(path, "schema"), what + hint)
     own = SCHEMA_FIELDS[schema]
-    foreign = {}
-    for key in set().union(*SCHEMA_FIELDS.values()) - own:
-        having = [s for s in SCHEMAS if key in SCHEMA_FIELDS[s]]
-        foreign[key] = f"not a field of a {schema} (only {', '.join(having)} ha{'ve' if len(having) > 1 else 's'} it)"
-    f = Obj(obj, path, _COMMON | own, foreign=foreign)
+    f = Obj(obj, path, _ALLOWED[schema], foreign=_FOREIGN[schema])
     out: dict[str, Any] = {"id": local_id(f.need("id"), f.at("id")), "schema": schema}
     names = f.texts("names", MAX_NAMES)
     if names:
@@ -366,6 +367,20 @@ def validate_entity(obj: object, path: str, *, schemas: Collection[str] = SCHEMA
     f.optional(out, "notes", lambda k: f.text(k, MAX_TEXT_LEN, multiline=True))
     _check_identified(out, f)
     return out
+
+
+def _foreign(schema: str) -> dict[str, str]:
+    """What to say of a field another schema has (rather than "unknown field")."""
+    out = {}
+    for key in sorted(set().union(*SCHEMA_FIELDS.values()) - SCHEMA_FIELDS[schema]):
+        having = [s for s in SCHEMAS if key in SCHEMA_FIELDS[s]]
+        out[key] = f"not a field of a {schema} (only {', '.join(having)} ha{'ve' if len(having) > 1 else 's'} it)"
+    return out
+
+
+# Per schema, computed once: validate_entity runs for every entity of every packet received.
+_ALLOWED: Final = {s: _COMMON | SCHEMA_FIELDS[s] for s in SCHEMAS}
+_FOREIGN: Final = {s: _foreign(s) for s in SCHEMAS}
 
 
 def _check_identified(out: dict[str, Any], f: Obj) -> None:

@@ -79,7 +79,7 @@ class Header:
 
     @cached_property  # the hub reads these several times per packet
     def packet_id(self) -> str:
-        return str(uuid.UUID(bytes=self.id))
+        return packet_id_text(self.id)
 
     @cached_property
     def nations(self) -> tuple[str, ...]:
@@ -129,6 +129,12 @@ class Opened:
     #: The salt and canonical content bytes: shown to an auditor, they prove what was signed.
     salt: bytes
     content_bytes: bytes
+
+
+def packet_id_text(pid: bytes) -> str:
+    """``str(uuid.UUID(bytes=pid))`` (lowercase 8-4-4-4-12) without building a UUID: once per packet."""
+    h = pid.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def parse_packet_id(text: str) -> bytes:
@@ -273,7 +279,7 @@ class HeaderPeek(NamedTuple):
 
     @property
     def packet_id(self) -> str:
-        return str(uuid.UUID(bytes=self.id))
+        return packet_id_text(self.id)
 
 
 def peek_header(raw: bytes) -> HeaderPeek | None:
