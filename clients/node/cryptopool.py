@@ -112,8 +112,9 @@ def _header_from(f: tuple[Any, ...]) -> envelope.Header:
                            f[6], f[7], f[8], f[9], f[10])
 
 
-def _work_many(items: list[tuple[bytes, bytes, bool]]) -> list[tuple[Any, ...]]:
-    return [_work(*item) for item in items]
+def _work_many(certs: list[bytes], items: list[tuple[bytes, int, bool]]) -> list[tuple[Any, ...]]:
+    # Certificates travel once per chunk (a hybrid one is about 5 KB), items point into the list.
+    return [_work(raw, certs[c], want) for raw, c, want in items]
 
 
 def _ready() -> bool:
@@ -175,10 +176,13 @@ class CryptoPool:
         """One chunk on a worker process; a worker killed under it: once more on a new pool;
         twice: each packet of the chunk is quarantined with the reason."""
         loop = asyncio.get_running_loop()
+        index: dict[bytes, int] = {}
+        packed = [(raw, index.setdefault(cert, len(index)), want) for raw, cert, want in items]
+        certs = list(index)
         for _ in range(2):
             executor = self._executor
             try:
-                result: list[tuple[Any, ...]] = await loop.run_in_executor(executor, _work_many, items)
+                result: list[tuple[Any, ...]] = await loop.run_in_executor(executor, _work_many, certs, packed)
                 return result
             except BrokenProcessPool:
                 if executor is self._executor:  # the first to notice restarts it

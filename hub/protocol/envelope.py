@@ -49,6 +49,7 @@ _NONCE: Final[bytes] = bytes(12)
 _PACKET_FIELDS: Final = sorted(["v", "header", "sig", "ct", "keys"])
 _HEADER_FIELDS: Final = sorted(["v", "suite", "id", "sender", "to", "topic", "created", "expires", "ct", "commit"])
 _SENDER_FIELDS: Final = ["cert", "nation"]
+_INNER_FIELDS: Final = ["content", "salt", "sender"]
 _RECIPIENT_FIELDS: Final = ["key", "nation", "wrap"]
 _NATION: Final = re.compile(r"[A-Z]{2}")
 
@@ -452,14 +453,17 @@ def decrypt(v: Verified, *, nation: str, kem: KemKey) -> Opened:
         if len(key) != CONTENT_KEY_LEN:
             raise InvalidPacket()
         plaintext = AESGCM(key).decrypt(_NONCE, packet.ct, _aad_of(h))
-        inner = codec.decode(plaintext, max_size=MAX_PACKET_SIZE)
-        if type(inner) is not dict or inner.keys() != {"content", "salt", "sender"}:
+        # A closed schema, every map's key order and every value's type checked here (codec.decode's ``tree``).
+        inner = codec.decode(plaintext, max_size=MAX_PACKET_SIZE, tree=False)
+        if type(inner) is not dict or list(inner) != _INNER_FIELDS:
             raise InvalidPacket()
-        salt, content_bytes = inner["salt"], inner["content"]
-        if type(salt) is not bytes or len(salt) != 32 or type(content_bytes) is not bytes:
+        salt, content_bytes, inner_sender = inner["salt"], inner["content"], inner["sender"]
+        if type(salt) is not bytes or len(salt) != 32 or type(content_bytes) is not bytes \
+                or type(inner_sender) is not dict or list(inner_sender) != _SENDER_FIELDS:
             raise InvalidPacket()
         # The sender inside the encryption must be the signer: no re-signing or forwarding.
-        if inner["sender"] != sender or not hmac.compare_digest(commitment(salt, content_bytes), h.commit):
+        if inner_sender["cert"] != h.sender_cert or inner_sender["nation"] != h.sender \
+                or not hmac.compare_digest(commitment(salt, content_bytes), h.commit):
             raise InvalidPacket()
         content = codec.decode(content_bytes, max_size=MAX_PACKET_SIZE)
     except (InvalidTag, ValueError, DecodeError):
