@@ -5,11 +5,12 @@ validation hold it, so worker threads cannot spread a burst of packets over the 
 With ``[node] crypto_workers = N`` (N >= 1) packets are opened in N worker processes;
 with 0 (the default) on two threads of the node's own process.
 
-The split keeps trust decisions in the node process: it parses the header and asks its
-trust store whether the signer may sign it now (revocations and directory refreshes
-live there); a worker gets the packet and that signer's certificate, checks the
-signature against it, decrypts, validates and analyses the names for the store, and returns
-plain data. Workers are
+The split keeps trust decisions in the node process: it reads the header's signer fields
+(with processes, a permissive peek; the worker's strict parse must then agree, see
+``NodeService._prepare_peeked``) and asks its trust store whether the signer may sign it now
+(revocations and directory refreshes live there); a worker gets the packet and that signer's
+certificate, parses the packet strictly, checks the signature against the certificate,
+decrypts, validates and analyses the names for the store, and returns plain data. Workers are
 spawned (not forked: the node has threads holding locks) and exit when the node does,
 even after a SIGKILL of the node.
 """
