@@ -92,6 +92,8 @@ class NodeSpec:
     subscriptions: tuple[tuple[str, tuple[str, ...]], ...] = (("main", (">",)),)
     window: int = 64
     receipts: bool = False
+    #: ``[node] crypto_workers``: some nodes open packets in worker processes, so the faults reach that path too.
+    workers: int = 0
     #: Extra TOML (filters, sinks); ``{dir}`` is replaced by the node's directory.
     extra: str = ""
 
@@ -105,7 +107,7 @@ class NodeSpec:
     def config(self, fed_dir: Path, url: str, d: Path) -> str:
         subs = "".join(f'[[subscriptions]]\nname = "{n}"\npatterns = {json.dumps(list(ps))}\n\n'
                        for n, ps in self.subscriptions)
-        body = (f"window = {self.window}\n\n[receipts]\ndelivered = {str(self.receipts).lower()}\n\n"
+        body = (f"window = {self.window}\ncrypto_workers = {self.workers}\n\n[receipts]\ndelivered = {str(self.receipts).lower()}\n\n"
                 + subs + self.extra.replace("{dir}", str(d)))
         return node_toml(self.nation, fed_dir, url, d / "store.db", body)
 
@@ -113,14 +115,14 @@ class NodeSpec:
 def federation_specs() -> dict[str, NodeSpec]:
     """Seven nodes: some take every topic, some a subset; one has two overlapping subscriptions
     (the same packet arrives on both), one a window of 2, three send receipts, one drops by filter,
-    one hands freezes to a JSONL sink."""
+    one hands freezes to a JSONL sink, two open packets in worker processes."""
     specs = (
-        NodeSpec("CA"),
+        NodeSpec("CA", workers=1),
         NodeSpec("DE", (("alerts", ("alerts.>",)), ("rest", ("notices.>", "control.>"))), receipts=True,
                  extra=SINK_FREEZES),
         NodeSpec("FR", receipts=True, extra=DROP_GREEN_LOW),
         NodeSpec("GB", (("main", ("alerts.entity.*", "control.>")),)),
-        NodeSpec("IT", receipts=True),
+        NodeSpec("IT", receipts=True, workers=2),
         NodeSpec("JP", (("main", ("notices.freeze", "control.withdraw")),), window=2),
         NodeSpec("US", (("smuggling", ("alerts.entity.migrant_smuggling", "alerts.entity.human_trafficking")),
                         ("all", ("alerts.>", "notices.>", "control.amend", "control.withdraw", "control.receipt"))),
