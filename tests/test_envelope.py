@@ -452,3 +452,26 @@ def test_header_values_of_a_wrong_type_are_refused(fed: Federation, field: str, 
 def test_packet_id_text_is_the_uuid_form() -> None:
     for pid in (bytes(16), b"\xff" * 16, envelope.new_packet_id(1_764_000_000_000), os.urandom(16)):
         assert envelope.packet_id_text(pid) == str(uuid.UUID(bytes=pid))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_peek_never_raises_and_agrees_with_every_strict_parse(fed: Federation, data: st.DataObject) -> None:
+    """The node's permissive header peek (worker processes parse strictly): any bytes give a peek
+    or None, never an exception; bytes the strict parse accepts peek to the same signer fields."""
+    raw = bytearray(make(fed, CLASSIC, to=("FR", "DE")))
+    for _ in range(data.draw(st.integers(0, 3))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        kind = data.draw(st.sampled_from(["flip", "delete", "insert"]))
+        if kind == "flip":
+            raw[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "delete" and len(raw) > 1:
+            del raw[i]
+        else:
+            raw.insert(i, data.draw(st.integers(0, 255)))
+    peek = envelope.peek_header(bytes(raw))
+    try:
+        header = envelope.parse_packet(bytes(raw)).header
+    except IntelhubError:
+        return
+    assert peek is not None and envelope.peek_agrees(peek, header)
