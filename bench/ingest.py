@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="crypto_workers for the second run")
     ap.add_argument("--rounds", type=int, default=3, help="ingest runs per setting, each between two floor measurements")
     args = ap.parse_args()
+    if args.packets < 1 or args.rounds < 1 or args.workers < 1:
+        ap.error("--packets, --workers and --rounds must be at least 1")
     packets = stream(args.packets)
     size = statistics.mean(len(p) for p in packets)
     print(f"node ingest: {len(packets)} hybrid packets ({size:.0f} bytes; alerts and freezes from 6 nations) into one store, "

@@ -91,6 +91,14 @@ def _check_tree(obj: Any, max_depth: int) -> None:
                 raise DecodeError(_bad_type(ct))
 
 
+def unpack_loose(data: bytes, *, max_size: int = MAX_SIZE, max_items: int = MAX_ITEMS) -> Any:
+    """msgpack's own decoding under :func:`decode`'s limits, without its canonical checks; raises
+    whatever msgpack raises. For a quick look at a value that is decoded strictly before anything
+    read from it is trusted (and, inside :func:`decode`, the first step of that)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext, max_str_len=max_size,
+                           max_bin_len=max_size, max_array_len=max_items, max_map_len=max_items)
+
+
 def decode(
     data: bytes,
     *,
@@ -115,16 +123,7 @@ def decode(
     try:
         # Declared lengths are capped before any allocation by the max_* limits. No per-map
         # hook on this hot path: key order is checked by _check_tree, duplicates by re-encoding.
-        obj = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            ext_hook=_reject_ext,
-            max_str_len=max_size,
-            max_bin_len=max_size,
-            max_array_len=max_items,
-            max_map_len=max_items,
-        )
+        obj = unpack_loose(data, max_size=max_size, max_items=max_items)
     except DecodeError:
         raise
     except msgpack.ExtraData:

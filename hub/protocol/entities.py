@@ -333,8 +333,8 @@ def validate_entity(obj: object, path: str, *, schemas: Collection[str] = SCHEMA
         hint = hint or (f' (did you mean "{close[0]}"?)' if close else " (one of: " + ", ".join(schemas) + ")")
         what = "is required" if schema is None else f'"{schema}" is not allowed here'
         raise ValidationError(join(path, "schema"), what + hint)
-    own = SCHEMA_FIELDS[schema]
-    f = Obj(obj, path, _ALLOWED[schema], foreign=_FOREIGN[schema])
+    allowed = _ALLOWED[schema]
+    f = Obj(obj, path, allowed, foreign=_FOREIGN[schema])
     out: dict[str, Any] = {"id": local_id(f.need("id"), f.at("id")), "schema": schema}
     names = f.texts("names", MAX_NAMES)
     if names:
@@ -350,7 +350,7 @@ def validate_entity(obj: object, path: str, *, schemas: Collection[str] = SCHEMA
     if idents:
         out["identifiers"] = idents
     for key in ("countries", "nationality"):
-        if key in own | _COMMON and (codes := f.countries(key)):
+        if key in allowed and (codes := f.countries(key)):
             out[key] = codes
     for key in ("jurisdiction", "flag"):
         f.optional(out, key, lambda k: country(obj[k], f.at(k)))
@@ -360,7 +360,7 @@ def validate_entity(obj: object, path: str, *, schemas: Collection[str] = SCHEMA
         if start in out and end in out and date_before(out[end], out[start]):
             raise ValidationError(f.at(end), f"{out[end]} is before {start} {out[start]}")
     f.optional(out, "gender", lambda k: f.choice(k, GENDERS))
-    if "addresses" in own and (addresses := f.texts("addresses", MAX_NAMES, MAX_SHORT_LEN)):
+    if "addresses" in allowed and (addresses := f.texts("addresses", MAX_NAMES, MAX_SHORT_LEN)):
         out["addresses"] = addresses
     for key in ("birth_place", "model", "institution", "full", "city", "postal_code"):
         f.optional(out, key, lambda k: f.text(k, MAX_SHORT_LEN))

@@ -287,11 +287,9 @@ def peek_header(raw: bytes) -> HeaderPeek | None:
     """A fast, permissive read of those fields (two C-level unpacks, no canonical checks), or
     None when they cannot be read that way; the strict parse then says what is wrong."""
     try:
-        outer = msgpack.unpackb(raw, raw=False, strict_map_key=True, ext_hook=_no_ext, max_str_len=MAX_PACKET_SIZE,
-                                max_bin_len=MAX_PACKET_SIZE, max_array_len=MAX_RECIPIENTS + 8, max_map_len=16)
-        h = msgpack.unpackb(outer["header"], raw=False, strict_map_key=True, ext_hook=_no_ext,
-                            max_str_len=MAX_PACKET_SIZE, max_bin_len=MAX_PACKET_SIZE,
-                            max_array_len=MAX_RECIPIENTS + 8, max_map_len=16)
+        # The limits parse_packet and _parse_header decode with.
+        outer = codec.unpack_loose(raw, max_size=MAX_PACKET_SIZE, max_items=MAX_RECIPIENTS + 8)
+        h = codec.unpack_loose(outer["header"], max_size=MAX_PACKET_SIZE, max_items=MAX_RECIPIENTS + 16)
         pid, sender, created = h["id"], h["sender"], h["created"]
         nation, cert = sender["nation"], sender["cert"]
         if type(pid) is not bytes or len(pid) != 16 or type(nation) is not str or type(cert) is not bytes \
@@ -306,10 +304,6 @@ def peek_agrees(peek: HeaderPeek, header: Header) -> bool:
     """Whether a strictly parsed header has the fields a trust decision was taken on from ``peek``."""
     return (peek.id, peek.suite.id, peek.sender, peek.sender_cert, peek.created) == \
         (header.id, header.suite.id, header.sender, header.sender_cert, header.created)
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError("extension type")
 
 
 def _fields_error(what: str, m: object, fields: list[str]) -> DecodeError:
