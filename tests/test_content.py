@@ -325,3 +325,13 @@ def test_random_json_text_raises_only_validation_error(text: str) -> None:
         content_from_json(text)
     except ValidationError:
         pass
+
+
+@given(st.uuids())
+def test_packet_refs_are_canonical_lowercase_uuids(u: Any) -> None:
+    # Written in capitals and with spaces around, a ref reads as the one canonical UUID text.
+    for written in (str(u), f"  {str(u).upper()} "):
+        out = validate_content({"type": "withdraw", "ref": written, "reason": "duplicate"})
+        assert out["ref"] == str(u)
+    with pytest.raises(ValidationError, match="is not a packet id"):
+        validate_content({"type": "withdraw", "ref": str(u).replace("-", ""), "reason": "duplicate"})

@@ -13,7 +13,6 @@ import decimal
 import difflib
 import re
 import unicodedata
-import uuid
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
@@ -192,7 +191,7 @@ def packet_ref(value: object, path: str) -> str:
         raise ValidationError(
             path, f'{show(value)} is not a packet id (a UUID like "0190a6e4-5b7c-7d1e-8f00-1a2b3c4d5e6f")'
         )
-    return str(uuid.UUID(text))
+    return text.lower()  # the form str(uuid.UUID(text)) gives, without building one
 
 
 class Obj:
@@ -227,9 +226,10 @@ class Obj:
         return clean_text(self.need(key), self.at(key), max_len, multiline=multiline)
 
     def choice(self, key: str, choices: Collection[str]) -> str:
-        value = self.need(key, "one of: " + ", ".join(choices))
+        value = self.data.get(key)
         if type(value) is str and value in choices:
             return value
+        value = self.need(key, "one of: " + ", ".join(choices))  # the hint only when it is missing
         close = difflib.get_close_matches(str(value).lower(), list(choices), n=1, cutoff=0.6)
         hint = f'did you mean "{close[0]}"?' if close else "one of: " + ", ".join(choices)
         raise ValidationError(self.at(key), f"{show(value)} is not allowed ({hint})")

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import re
+import string
 import time
 import uuid
 from dataclasses import dataclass
@@ -52,6 +53,10 @@ _SENDER_FIELDS: Final = ["cert", "nation"]
 _INNER_FIELDS: Final = ["content", "salt", "sender"]
 _RECIPIENT_FIELDS: Final = ["key", "nation", "wrap"]
 _NATION: Final = re.compile(r"[A-Z]{2}")
+#: Every string _NATION matches: a set lookup per recipient instead of a regex match.
+_NATIONS: Final = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
+#: Builds a Recipient without NamedTuple's Python-level __new__ (seven per header).
+_new_tuple: Final = tuple.__new__
 
 
 class Recipient(NamedTuple):
@@ -245,15 +250,15 @@ def _parse_header(raw: bytes) -> Header:
     for i, r in enumerate(to):
         if type(r) is not dict or list(r) != _RECIPIENT_FIELDS:
             raise DecodeError(f"header.to[{i}]: must be a map of key, nation and wrap, in that order")
-        nation, key, wrap = r["nation"], r["key"], r["wrap"]
-        if type(nation) is not str or not _NATION.fullmatch(nation):
+        key, nation, wrap = r.values()  # the order just checked
+        if type(nation) is not str or nation not in _NATIONS:
             raise DecodeError(f"header.to[{i}].nation: must be a nation code (two capital letters)")
         if nation <= prev:
             raise DecodeError(f"header.to[{i}]: recipients must be unique and sorted by nation")
         if type(key) is not bytes or len(key) != 32 or type(wrap) is not bytes or len(wrap) != 32:
             raise DecodeError(f"header.to[{i}]: key and wrap must be 32 bytes")
         prev = nation
-        recipients.append(Recipient(nation, key, wrap))
+        recipients.append(_new_tuple(Recipient, (nation, key, wrap)))
     topic = h["topic"]
     if type(topic) is not str or len(topic) > MAX_TOPIC_LEN or not TOPIC_RE.fullmatch(topic):
         raise DecodeError("header.topic: must be dot-separated words of a-z 0-9 _ - (e.g. alerts.entity.smuggling)")
