@@ -449,6 +449,20 @@ def test_header_values_of_a_wrong_type_are_refused(fed: Federation, field: str, 
         envelope.parse_packet(_packed(p, h))
 
 
+@pytest.mark.parametrize("nation", ["fr", "F", "FRA", "F1", "ÉS", b"FR", ["FR"], {"FR": 1}, 7, None])
+@pytest.mark.parametrize("where", ["sender", "recipient"])
+def test_nation_codes_other_than_two_capital_letters_are_refused(fed: Federation, where: str, nation: object) -> None:
+    # Unhashable values too: the set the codes are looked up in must not raise TypeError.
+    p = codec.decode(make(fed, to=("FR", "DE")))
+    h = codec.decode(p["header"])
+    if where == "sender":
+        h["sender"]["nation"] = nation
+    else:
+        h["to"][0]["nation"] = nation
+    with pytest.raises(DecodeError, match="nation code"):
+        envelope.parse_packet(_packed(p, h))
+
+
 def test_packet_id_text_is_the_uuid_form() -> None:
     for pid in (bytes(16), b"\xff" * 16, envelope.new_packet_id(1_764_000_000_000), os.urandom(16)):
         assert envelope.packet_id_text(pid) == str(uuid.UUID(bytes=pid))

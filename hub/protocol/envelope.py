@@ -52,8 +52,7 @@ _HEADER_FIELDS: Final = sorted(["v", "suite", "id", "sender", "to", "topic", "cr
 _SENDER_FIELDS: Final = ["cert", "nation"]
 _INNER_FIELDS: Final = ["content", "salt", "sender"]
 _RECIPIENT_FIELDS: Final = ["key", "nation", "wrap"]
-_NATION: Final = re.compile(r"[A-Z]{2}")
-#: Every string _NATION matches: a set lookup per recipient instead of a regex match.
+#: Every nation code (two capital letters): a set lookup per nation rather than a regex match.
 _NATIONS: Final = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
 #: Builds a Recipient without NamedTuple's Python-level __new__ (seven per header).
 _new_tuple: Final = tuple.__new__
@@ -240,7 +239,7 @@ def _parse_header(raw: bytes) -> Header:
     if type(sender) is not dict or list(sender) != _SENDER_FIELDS:
         raise DecodeError("header.sender: must be a map of cert and nation, in that order")
     sender_nation = sender["nation"]
-    if type(sender_nation) is not str or not _NATION.fullmatch(sender_nation):
+    if type(sender_nation) is not str or sender_nation not in _NATIONS:
         raise DecodeError("header.sender.nation: must be a nation code (two capital letters)")
     to = h["to"]
     if type(to) is not list or not 0 < len(to) <= MAX_RECIPIENTS:
