@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hub.protocol import codec, envelope
+from hub.protocol.certs import NATION_CODES, NATION_RE
 from hub.protocol.envelope import open_packet, seal, verify
 from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, UntrustedSigner
 from hub.protocol.federation import Federation
@@ -489,3 +490,8 @@ def test_peek_never_raises_and_agrees_with_every_strict_parse(fed: Federation, d
     except IntelhubError:
         return
     assert peek is not None and envelope.peek_agrees(peek, header)
+
+
+def test_the_nation_code_set_is_what_the_nation_regex_matches() -> None:
+    two_letters = {chr(a) + chr(b) for a in range(32, 383) for b in range(32, 383)}
+    assert {c for c in two_letters if NATION_RE.fullmatch(c)} == NATION_CODES

@@ -9,6 +9,7 @@ checks who signed it.
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -19,6 +20,8 @@ from .keys import KemPublicKey, SigningKey, SigningPublicKey, fingerprint, signi
 ROLES: Final = ("node", "officer")
 MAX_CERT_SIZE: Final[int] = 16 * 1024
 NATION_RE: Final = re.compile(r"[A-Z]{2}")
+#: Every string NATION_RE matches, for hot paths (each header names up to 64 nations): a set lookup.
+NATION_CODES: Final = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
 SUBJECT_RE: Final = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 
 _TBS_FIELDS: Final = {"v", "kind", "serial", "nation", "subject", "role", "sign", "not_before", "not_after", "issuer"}

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import os
 import re
-import string
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import codec
-from .certs import Certificate
+from .certs import NATION_CODES, Certificate
 from .content import validate_content
 from .errors import DecodeError, InvalidPacket, UntrustedSigner, ValidationError
 from .keys import KemKey, SigningKey, signing_input
@@ -52,8 +51,6 @@ _HEADER_FIELDS: Final = sorted(["v", "suite", "id", "sender", "to", "topic", "cr
 _SENDER_FIELDS: Final = ["cert", "nation"]
 _INNER_FIELDS: Final = ["content", "salt", "sender"]
 _RECIPIENT_FIELDS: Final = ["key", "nation", "wrap"]
-#: Every nation code (two capital letters): a set lookup per nation rather than a regex match.
-_NATIONS: Final = frozenset(a + b for a in string.ascii_uppercase for b in string.ascii_uppercase)
 #: Builds a Recipient without NamedTuple's Python-level __new__ (seven per header).
 _new_tuple: Final = tuple.__new__
 
@@ -239,7 +236,7 @@ def _parse_header(raw: bytes) -> Header:
     if type(sender) is not dict or list(sender) != _SENDER_FIELDS:
         raise DecodeError("header.sender: must be a map of cert and nation, in that order")
     sender_nation = sender["nation"]
-    if type(sender_nation) is not str or sender_nation not in _NATIONS:
+    if type(sender_nation) is not str or sender_nation not in NATION_CODES:
         raise DecodeError("header.sender.nation: must be a nation code (two capital letters)")
     to = h["to"]
     if type(to) is not list or not 0 < len(to) <= MAX_RECIPIENTS:
@@ -250,7 +247,7 @@ def _parse_header(raw: bytes) -> Header:
         if type(r) is not dict or list(r) != _RECIPIENT_FIELDS:
             raise DecodeError(f"header.to[{i}]: must be a map of key, nation and wrap, in that order")
         key, nation, wrap = r.values()  # the order just checked
-        if type(nation) is not str or nation not in _NATIONS:
+        if type(nation) is not str or nation not in NATION_CODES:
             raise DecodeError(f"header.to[{i}].nation: must be a nation code (two capital letters)")
         if nation <= prev:
             raise DecodeError(f"header.to[{i}]: recipients must be unique and sorted by nation")
