@@ -85,3 +85,33 @@ async def test_the_same_header_is_a_retry_and_another_is_a_conflict(tmp_path: Pa
         assert isinstance(conflict, Conflict) and conflict.index == first.index
     finally:
         await st.close()
+
+
+def page_size(db: Path) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_new_database_has_pages_a_packet_fits_in_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
+    rng = random.Random(10)
+    new = tmp_path / "new.db"
+    st = SQLiteStorage(new)
+    await st.append([packet(i, rng) for i in range(3)], 1_764_000_100)
+    await st.close()
+    assert page_size(new) == sqlite_store.PAGE_SIZE == 16384
+    # A database created by an earlier version, with SQLite's default 4 KiB pages, in WAL mode.
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("PRAGMA page_size=4096")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    st = SQLiteStorage(old)
+    try:
+        results = await st.append([packet(10 + i, rng) for i in range(3)], 1_764_000_100)
+        assert [r.index for r in results if isinstance(r, Appended)] == [0, 1, 2]
+    finally:
+        await st.close()
+    assert page_size(old) == 4096

