@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -115,3 +118,108 @@ async def test_a_new_database_has_pages_a_packet_fits_in_and_an_old_one_keeps_it
     finally:
         await st.close()
     assert page_size(old) == 4096
+
+
+async def _held_batch(st: SQLiteStorage, ops: list[Any]) -> list[Any]:
+    """Run ``ops`` (coroutines on ``st``) as one group commit: the writer is held on another
+    operation until all of them are queued behind it."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_c: sqlite3.Connection) -> None:
+        entered.set()
+        release.wait(10)
+
+    holder = asyncio.ensure_future(st._submit(hold))
+    assert await asyncio.to_thread(entered.wait, 10)
+    tasks = [asyncio.ensure_future(op) for op in ops]
+    await asyncio.sleep(0.05)  # every task has queued its operation
+    release.set()
+    await holder
+    return await asyncio.gather(*tasks)
+
+
+def _dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    conn = sqlite3.connect(db)
+    try:
+        return {t: conn.execute(f"SELECT * FROM {t} ORDER BY {order}").fetchall()
+                for t, order in (("packets", "1"), ("packet_recipients", "1, 2"), ("acks", "1, 2, 3"))} | {
+            "subscriptions": conn.execute("SELECT nation, name, cursor FROM subscriptions ORDER BY 1, 2").fetchall()}
+    finally:
+        conn.close()
+
+
+async def test_a_group_commit_of_any_size_takes_a_few_statements(tmp_path: Path) -> None:
+    # Python's sqlite3 gives up the GIL on every step of a statement: a statement per row made the
+    # writer wait for the GIL hundreds of times per batch while the event loop was busy.
+    rng = random.Random(11)
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        for n in NATIONS:
+            await st.subscribe(n, "main", ("alerts.>",))
+        await st.append([packet(i, rng) for i in range(20)], 1_764_000_100)
+        statements: list[str] = []
+        st._w.set_trace_callback(statements.append)
+        appends = [st.append([packet(100 + i, rng)], 1_764_000_200) for i in range(150)]
+        acks = [st.ack(n, "main", [i], i) for n in NATIONS for i in range(0, 20, 5)]
+        results = await _held_batch(st, appends + acks)
+        assert [r[0].index for r in results[:150]] == list(range(20, 170))
+        batch = statements[statements.index("BEGIN IMMEDIATE", 1):]
+        # BEGIN, the id query, 3 packet INSERTs (64 rows each), 2 recipient INSERTs, UPDATE, DELETE, COMMIT
+        assert len(batch) <= 12, batch
+        assert {n: c for n, _, c in _dump(tmp_path / "hub.db")["subscriptions"]} == {n: 15 for n in NATIONS}
+    finally:
+        st._w.set_trace_callback(None)
+        await st.close()
+
+
+async def test_a_coalesced_group_commit_writes_what_one_operation_at_a_time_writes(tmp_path: Path) -> None:
+    # Retries and conflicts inside one batch, acks of several subscriptions in and out of order
+    # (some above the cursor, some below an earlier one's), a subscribe and a blob among them.
+    def script(rng: random.Random) -> list[tuple[str, Any]]:
+        fresh = [packet(i, rng) for i in range(40)]
+        ops: list[tuple[str, Any]] = []
+        for i, p in enumerate(fresh):
+            ops.append(("append", [p]))
+            if i % 7 == 3:  # a retry of an earlier packet, and another packet under its id
+                old = fresh[i - 2]
+                ops.append(("append", [old]))
+                ops.append(("append", [NewPacket(old.packet_id, "IT", b"c" * 32, "alerts.x", ("FR",), 1_764_000_000,
+                                                 1_764_999_999, b"other", b"other-raw", b"e" * 32)]))
+        for n in NATIONS:
+            ops.append(("ack", (n, [3, 9, 4], 4)))
+            ops.append(("ack", (n, [12, 30], 2)))  # a lower cursor after a higher one
+        ops.append(("subscribe", ("CA", "late")))
+        ops.append(("blob", b"k"))
+        return ops
+
+    ops = script(random.Random(12))  # packet ids are random: one script for both runs
+
+    async def run(db: Path, together: bool) -> list[Any]:
+        st = SQLiteStorage(db)
+        try:
+            for n in NATIONS:
+                await st.subscribe(n, "main", ("alerts.>",))
+            coros = []
+            for kind, arg in ops:
+                if kind == "append":
+                    coros.append(st.append(arg, 1_764_000_100))
+                elif kind == "ack":
+                    coros.append(st.ack(arg[0], "main", arg[1], arg[2]))
+                elif kind == "subscribe":
+                    coros.append(st.subscribe(arg[0], arg[1], ("x",)))
+                else:
+                    coros.append(st.put_blob("cert", arg, b"data"))
+            if together:
+                return await _held_batch(st, coros)
+            return [await c for c in coros]
+        finally:
+            await st.close()
+
+    one_by_one = await run(tmp_path / "a.db", together=False)
+    coalesced = await run(tmp_path / "b.db", together=True)
+    assert coalesced == one_by_one
+    assert any(isinstance(r, list) and isinstance(r[0], Conflict) for r in coalesced)
+    assert any(isinstance(r, list) and isinstance(r[0], Appended) and r[0].duplicate for r in coalesced)
+    a, b = _dump(tmp_path / "a.db"), _dump(tmp_path / "b.db")
+    assert a == b
+    assert a["acks"] and {c for _, _, c in a["subscriptions"]} == {4, -1}

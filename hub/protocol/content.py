@@ -18,10 +18,9 @@ import json
 import re
 from typing import Any, Final
 
-import msgpack
 import pycountry
 
-
+from . import codec
 from .entities import (
     LEGAL_ENTITY_SCHEMAS, MAX_NAME_LEN, MAX_SHORT_LEN, MAX_TEXT_LEN, Obj, country, date_before,
     local_id, packet_ref, parse_date, parse_decimal, utc_timestamp, validate_entity,
@@ -76,7 +75,7 @@ def validate_content(obj: object) -> dict[str, Any]:
     out = _VALIDATORS[kind](obj, "")
     # The encoded length does not depend on key order: the plain packer gives it without the
     # canonicaliser's copy (the validator above has already checked every type).
-    size = len(msgpack.packb(out, use_bin_type=True))
+    size = len(codec.pack_as_is(out))
     if size > MAX_CONTENT_BYTES:
         raise ValidationError("", f"content is {size} bytes encoded, over the limit of "
                               f"{MAX_CONTENT_BYTES}: split it into several packets")

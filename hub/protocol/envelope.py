@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Final, NamedTuple
 
-import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -198,20 +197,20 @@ def _aad(h: dict[str, Any]) -> bytes:
 def _aad_of(h: Header) -> bytes:
     """:func:`_aad` of a parsed header. Its fields were checked by the strict decoder, so they are
     packed directly, keys in canonical order (the vectors and tests hold the two equal)."""
-    return msgpack.packb({
+    return codec.pack_as_is({
         "created": h.created, "expires": h.expires, "id": h.id,
         "sender": {"cert": h.sender_cert, "nation": h.sender}, "suite": h.suite.id,
         "to": [r.nation for r in h.to], "topic": h.topic, "v": VERSION,
-    }, use_bin_type=True)
+    })
 
 
 def _info(suite: str, packet_id: bytes, sender: dict[str, Any], nation: str, key: bytes) -> bytes:
     """HPKE ``info``: binds the wrapped key to this packet, sender and recipient (§5.5)."""
     # Keys in canonical order and values of canonical types, so packed directly (as codec.encode would).
-    return signing_input("wrap", msgpack.packb({
+    return signing_input("wrap", codec.pack_as_is({
         "id": packet_id, "recipient": {"key": key, "nation": nation},
         "sender": {"cert": sender["cert"], "nation": sender["nation"]}, "suite": suite,
-    }, use_bin_type=True))
+    }))
 
 
 def _bytes32(v: object, path: str) -> bytes:
