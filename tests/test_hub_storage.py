@@ -164,7 +164,7 @@ async def test_a_group_commit_of_any_size_takes_a_few_statements(tmp_path: Path)
         results = await _held_batch(st, appends + acks)
         assert [r[0].index for r in results[:150]] == list(range(20, 170))
         batch = statements[statements.index("BEGIN IMMEDIATE", 1):]
-        # BEGIN, the id query, 3 packet INSERTs (64 rows each), 2 recipient INSERTs, UPDATE, DELETE, COMMIT
+        # BEGIN, the id query, 2 packet INSERTs (83 rows each), 3 recipient INSERTs, UPDATE, DELETE, COMMIT
         assert len(batch) <= 12, batch
         assert {n: c for n, _, c in _dump(tmp_path / "hub.db")["subscriptions"]} == {n: 15 for n in NATIONS}
     finally:

@@ -16,7 +16,7 @@ rebuilt from the newest content version whenever that changes. A withdrawn recor
 listings skip it.
 
 Hot paths (ingest, search, lookup) use plain ``sqlite3`` with prepared statements and
-``executemany``; the low-rate reads use sqlite-utils' dict rows.
+multi-row inserts; the low-rate reads use sqlite-utils' dict rows.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from clients.node import search as reading
 from clients.node.schema import KEY_SHIFT, Ids, Rows, derive
 from clients.node.search import Hit
 from hub.migrations import migrate
+from hub.sqlrows import insert_rows
 from hub.protocol import codec
 from hub.protocol.certs import Certificate
 from hub.protocol.content import entities_of
@@ -85,7 +86,7 @@ class OutboxItem:
 
 @dataclass
 class _Batch:
-    """Rows of one transaction, written with one executemany per table at flush."""
+    """Rows of one transaction, written with a multi-row INSERT per table at flush."""
 
     packets: list[tuple[Any, ...]] = field(default_factory=list)
     blobs: list[tuple[Any, ...]] = field(default_factory=list)
@@ -406,18 +407,19 @@ class _Writer:
 
     def flush(self) -> None:
         b, rows = self.batch, self.batch.rows
+        # Multi-row statements, not executemany: one step (one GIL hand-off) per table, see hub.sqlrows.
         for name, sql in _BATCH_SQL.items():
             if getattr(b, name):
-                self.conn.executemany(sql, getattr(b, name))
+                insert_rows(self.conn, sql, getattr(b, name))
                 getattr(b, name).clear()
         # FTS5 flushes its pending terms whenever a rowid is lower than the last: key rowids
         # start with nkeys, so unsorted they would cut every batch into tiny segments.
         rows.keys.sort()
         for name, sql in schema.INSERTS.items():
             if getattr(rows, name):
-                self.conn.executemany(sql, getattr(rows, name))
+                insert_rows(self.conn, sql, getattr(rows, name))
         if rows.names:
-            self.conn.executemany(schema.FTS_INSERT, [(r[0], r[2], r[3]) for r in rows.names])
+            insert_rows(self.conn, schema.FTS_INSERT, [(r[0], r[2], r[3]) for r in rows.names])
         b.rows = Rows()
 
     def _original(self, item: Incoming, pid: str) -> None:

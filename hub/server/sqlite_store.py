@@ -7,19 +7,14 @@ durable, and one fsync serves many packets. If the commit fails (disk full,
 read-only), every operation in the batch fails and no index is consumed.
 Reads use a second connection on the event-loop thread (WAL readers never block).
 
-The appends and acks of a batch are written with a few multi-row statements, not
-one statement per row: Python's sqlite3 releases the GIL around every step of a
-statement, and with the event loop and the verify threads busy, taking it back
-costs up to a switch interval each time. Measured with one busy Python thread,
-seven recipient rows cost 446 us of wall time per packet one by one, 116 in one
-statement. A batch of any size takes about eight statements.
+The appends and acks of a batch are merged into a few multi-row statements (see
+:mod:`hub.sqlrows` for why): a batch of any size takes about eight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
-import itertools
 from collections import OrderedDict
 from dataclasses import dataclass
 import json
@@ -32,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.migrations import migrate
+from hub.sqlrows import insert_rows
 from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
 
@@ -93,11 +89,8 @@ RECENT: Final[int] = 8192
 PAGE_SIZE: Final[int] = 16384
 
 
-#: Rows per multi-row INSERT, and values per IN list: under SQLite's historical limit of 999
-#: bound parameters (packets have 12 columns), so any SQLite a Python 3.11 links takes them.
-_PACKET_ROWS: Final = 64
-_RECIPIENT_ROWS: Final = 448
-_ACK_ROWS: Final = 300
+#: Ids per ``IN (...)`` list and subscriptions per merged ack statement: under SQLite's old
+#: limit of 999 bound parameters, as sqlrows.insert_rows keeps to.
 _IN_LIST: Final = 900
 _SUBS_PER_STATEMENT: Final = 150
 
@@ -117,17 +110,6 @@ class _Ack:
 
 
 _Op = _Append | _Ack | Callable[[sqlite3.Connection], Any]
-
-
-def _insert_rows(c: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], per_statement: int,
-                 verb: str = "INSERT") -> None:
-    """``rows`` in as few statements as the parameter limit allows (one SQLite step each)."""
-    if not rows:
-        return
-    one = "(" + ",".join("?" * len(rows[0])) + ")"
-    for i in range(0, len(rows), per_statement):
-        chunk = rows[i:i + per_statement]
-        c.execute(f"{verb} INTO {table} VALUES {','.join([one] * len(chunk))}", list(itertools.chain.from_iterable(chunk)))
 
 
 def _row(r: tuple[Any, ...]) -> StoredPacket:
@@ -279,8 +261,8 @@ class SQLiteStorage:
                                                        now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 results.append(Appended(index, now, False))
             out.append(results)
-        _insert_rows(c, "packets", rows, _PACKET_ROWS)
-        _insert_rows(c, "packet_recipients", recipients, _RECIPIENT_ROWS)
+        insert_rows(c, "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        insert_rows(c, "INSERT INTO packet_recipients VALUES (?,?)", recipients)
         return out
 
     def _ack_all(self, c: sqlite3.Connection, ops: list[_Ack]) -> None:
@@ -301,7 +283,7 @@ class SQLiteStorage:
             c.execute("DELETE FROM acks WHERE " + " OR ".join("(nation = ? AND name = ? AND log_index <= ?)" for _ in chunk),
                       [v for (n, name), (cur, _) in chunk for v in (n, name, cur)])
         above = [(n, name, i) for (n, name), (cur, indexes) in subs for i in sorted(indexes) if i > cur]
-        _insert_rows(c, "acks", above, _ACK_ROWS, "INSERT OR IGNORE")
+        insert_rows(c, "INSERT OR IGNORE INTO acks VALUES (?,?,?)", above)
 
     async def _submit(self, op: _Op) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
