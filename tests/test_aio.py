@@ -1,8 +1,10 @@
-"""hub.aio.wait_event: the loops of the hub and the nodes stop when cancelled, whatever the timing."""
+"""hub.aio: wait_event stops the loops of the hub and the nodes when cancelled, whatever the timing; TurnBatcher."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from hub.aio import TurnBatcher, wait_event
 
@@ -55,3 +57,32 @@ async def test_turn_batcher_hands_a_failed_chunk_to_each_of_its_waiters() -> Non
     batch = TurnBatcher(execute, workers=1, chunk=8)
     outcomes = await asyncio.gather(*(batch(i) for i in range(3)), return_exceptions=True)
     assert [str(o) for o in outcomes] == ["pool stopped"] * 3
+
+
+async def test_a_lone_item_runs_inline_and_a_turn_of_several_goes_to_the_pool() -> None:
+    pooled: list[list[int]] = []
+    inlined: list[list[int]] = []
+
+    async def execute(items: list[int]) -> list[int]:
+        pooled.append(items)
+        await asyncio.sleep(0.01)
+        return [i * 10 for i in items]
+
+    def inline(items: list[int]) -> list[int]:
+        inlined.append(items)
+        if items == [13]:
+            raise ValueError("unlucky")
+        return [i * 10 for i in items]
+
+    batch = TurnBatcher(execute, workers=2, chunk=4, inline=inline)
+    assert await batch(1) == 10 and inlined == [[1]] and pooled == []
+    assert await asyncio.gather(*(batch(i) for i in range(2, 6))) == [20, 30, 40, 50]
+    assert pooled == [[2, 3], [4, 5]] and inlined == [[1]]
+    # A lone item while a chunk is still running joins the pool, not the event loop.
+    running = asyncio.gather(batch(6), batch(7))
+    await asyncio.sleep(0)
+    assert await batch(8) == 80 and pooled[-1] == [8]
+    await running
+    with pytest.raises(ValueError, match="unlucky"):
+        await batch(13)
+    assert batch.idle

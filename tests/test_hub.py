@@ -346,3 +346,40 @@ async def test_a_backlog_goes_out_several_frames_per_write_intact_and_in_order(f
             got = await collect(fr2, 40, timeout=20)
     assert [d.index for d in got] == sorted(r.index for r in results)
     assert sorted(d.packet for d in got) == sorted(sent)
+
+
+async def test_packets_are_checked_on_the_event_loop_when_idle_and_on_threads_in_a_burst(
+        fed: Federation, config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Either way each packet gets its own answer: a burst of good and tampered packets."""
+    from hub.server.app import RELAY
+    from hub.server.relay import Relay
+
+    chunks: list[int] = []
+    real = Relay._verify_chunk
+
+    async def counted(self: Relay, items: list[tuple[bytes, int]]) -> list[tuple[bool, object]]:
+        chunks.append(len(items))
+        return await real(self, items)
+
+    monkeypatch.setattr(Relay, "_verify_chunk", counted)
+
+    def tampered() -> bytes:
+        p = codec.decode(seal_for(fed, "IT", ["FR"]))
+        p["ct"] = p["ct"][:-1] + bytes([p["ct"][-1] ^ 1])
+        return codec.encode(p)
+
+    async with running_hub(config) as (url, app):
+        async with node_client(fed, "IT", url) as it:
+            await it.wait_connected()
+            first = await it.publish(seal_for(fed, "IT", ["FR"]))
+            assert first.index == 0 and chunks == [], "a lone packet went to a verify thread"
+            burst = [seal_for(fed, "IT", ["FR"]) if i % 3 else tampered() for i in range(30)]
+            results = await asyncio.gather(*(it.publish(p) for p in burst), return_exceptions=True)
+        assert app[RELAY]._verify_batched.idle
+    assert chunks, "a burst never reached the verify threads"
+    for i, r in enumerate(results):
+        if i % 3:
+            assert not isinstance(r, BaseException) and r.index > 0, (i, r)
+        else:
+            assert isinstance(r, ProtocolError) and r.code == "invalid_packet", (i, r)
+    assert sorted(r.index for r in results if not isinstance(r, BaseException)) == list(range(1, 21))
