@@ -81,3 +81,32 @@ def test_encoder_refuses_what_has_no_canonical_form() -> None:
     for bad in (1.5, {1: "a"}, object(), 1 << 70):
         with pytest.raises(ValueError):
             codec.encode(bad)
+
+
+def test_the_per_thread_packer_recovers_from_a_value_it_cannot_pack() -> None:
+    # codec packs with one msgpack Packer per thread; a failed pack must not leave bytes behind.
+    for bad in ({"a": [1, object()]}, {"a": 2**70}):
+        with pytest.raises((TypeError, OverflowError)):
+            codec.pack_as_is(bad)
+        assert codec.pack_as_is({"b": [1, "x"]}) == msgpack.packb({"b": [1, "x"]}, use_bin_type=True)
+        assert codec.decode(codec.encode({"b": b"\x00"})) == {"b": b"\x00"}
+
+
+def test_threads_pack_and_decode_at_once_without_mixing_their_bytes() -> None:
+    import threading
+
+    values = [{"n": i, "s": "x" * (i % 300), "b": bytes([i % 256]) * (i % 700)} for i in range(2000)]
+    errors: list[str] = []
+
+    def work(offset: int) -> None:
+        for v in values[offset:] + values[:offset]:
+            raw = codec.encode(v)
+            if codec.decode(raw) != v or raw != msgpack.packb(codec.canonical(v), use_bin_type=True):
+                errors.append(repr(v)[:40])
+
+    threads = [threading.Thread(target=work, args=(k * 500,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
