@@ -549,3 +549,42 @@ def test_bulk_stream_analyses_names_in_a_helper_process(node: Node, tmp_path: Pa
     assert out == [["stored", "stored"], ["stored", "stored"], ["duplicate"]]
     assert [node.store.search(n)[0].name for n in names_] == names_
     assert node.store.search("Mohammed Al-Rashid")[0].name == "Мухаммед Аль-Рашид"
+
+
+def test_one_batch_stores_what_the_same_packets_one_at_a_time_store(node: Node, tmp_path: Path) -> None:
+    """ingest_many looks the batch's ids up in two queries, not two per packet: amendments and
+    withdrawals that come before their originals in the same batch, a packet stored earlier, a
+    duplicate within the batch and a late original must end exactly as one packet at a time."""
+    from clients.node.store import Incoming
+
+    early = node.seal(alert(person("e0", "Ivan Petrov")))
+    a, b, c = (node.seal(alert(person("e1", n))) for n in ("Mohammed Al-Rashid", "Olga Petrova", "Karim Haddad"))
+    f = node.seal(freeze())
+    stream = [
+        node.seal(amend(a[1].header.packet_id, alert(person("e1", "Muhammad al Rashid")))),
+        node.seal(withdraw(f[1].header.packet_id)),
+        b, a, early, f, b, c,
+        node.seal(amend(c[1].header.packet_id, alert(person("e1", "Karim Hadad")))),
+    ]
+    items = [Incoming(raw, o.header, o.signer, o.content, o.salt, o.content_bytes, i, NOW + i)
+             for i, (raw, o) in enumerate(stream)]
+
+    def state(store: NodeStore) -> list[Any]:
+        return [store.show(o.header.packet_id) for _, o in (early, a, b, c, f)] + [
+            [h.packet_id for h in store.search(n)] for n in ("Muhammad al Rashid", "Olga Petrova", "Karim Hadad")]
+
+    other = NodeStore(tmp_path / "one-by-one.db")
+    try:
+        for store in (node.store, other):
+            store.ingest_many([Incoming(early[0], early[1].header, early[1].signer, early[1].content,
+                                        early[1].salt, early[1].content_bytes, 99, NOW)])
+        together = node.store.ingest_many(items)
+        one_by_one = [other.ingest_many([item])[0] for item in items]
+        assert together == one_by_one == ["stored"] * 4 + ["duplicate", "stored", "duplicate", "stored", "stored"]
+        assert state(node.store) == state(other)
+        shown = node.store.show(a[1].header.packet_id)
+        assert shown is not None and shown["original_seen"] and shown["status"] == "amended"
+        shown = node.store.show(f[1].header.packet_id)
+        assert shown is not None and shown["status"] == "withdrawn"
+    finally:
+        other.close()

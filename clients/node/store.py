@@ -199,8 +199,10 @@ class NodeStore:
 
     def ingest_many(self, items: Iterable[Incoming]) -> list[str]:
         """:meth:`ingest` for many packets in ONE transaction: all are stored, or none."""
+        items = list(items)
         with self._tx():
             writer = _Writer(self._conn, self._ids)
+            writer.prefetch([item.header.packet_id for item in items])
             out = [writer.add(item) for item in items]
             writer.flush()
         return out
@@ -368,14 +370,31 @@ class _Writer:
 
     def __init__(self, conn: sqlite3.Connection, ids: Ids) -> None:
         self.conn, self.ids, self.batch = conn, ids, _Batch()
+        # What the store held, before this transaction, under the ids prefetch() was given.
+        self._looked_up: set[str] = set()
+        self._stored: set[str] = set()
+        self._records: dict[str, tuple[int, str]] = {}
+
+    def prefetch(self, pids: list[str]) -> None:
+        """Look up these packet ids (stored already? a record under them?) in two queries for the
+        batch rather than two per packet: each query is a GIL hand-off (see hub.sqlrows)."""
+        unique = list(dict.fromkeys(pids))
+        for i in range(0, len(unique), _IN_LIST):
+            chunk = unique[i:i + _IN_LIST]
+            marks = ",".join("?" * len(chunk))
+            self._stored.update(r[0] for r in self.conn.execute(
+                f"SELECT packet_id FROM packets WHERE packet_id IN ({marks})", chunk))
+            self._records.update((r[0], (r[1], r[2])) for r in self.conn.execute(
+                f"SELECT packet_id, id, sender FROM records WHERE packet_id IN ({marks})", chunk))
+            self._looked_up.update(chunk)
 
     def add(self, item: Incoming) -> str:
         header, content = item.header, item.content
         pid = header.packet_id
         if item.action not in ACTIONS:
             raise ValidationError("action", f'"{item.action}" is not one of {", ".join(ACTIONS)}')
-        if pid in self.batch.ids or self.conn.execute(
-                "SELECT 1 FROM packets WHERE packet_id = ?", (pid,)).fetchone():
+        if pid in self.batch.ids or (pid in self._stored if pid in self._looked_up else self.conn.execute(
+                "SELECT 1 FROM packets WHERE packet_id = ?", (pid,)).fetchone()):
             return "duplicate"
         self.batch.ids.add(pid)
         seq = self.ids.take("seq")
@@ -424,7 +443,8 @@ class _Writer:
 
     def _original(self, item: Incoming, pid: str) -> None:
         h = item.header
-        row = self.conn.execute("SELECT id, sender FROM records WHERE packet_id = ?", (pid,)).fetchone()
+        row = self._records.get(pid) if pid in self._looked_up else \
+            self.conn.execute("SELECT id, sender FROM records WHERE packet_id = ?", (pid,)).fetchone()
         if row is None:  # the common case: a new record, current = this version
             rid = self.ids.take("record")
             self.batch.records.append((rid, pid, item.content["type"], h.sender, "active", 1, pid, 1,
@@ -450,6 +470,7 @@ class _Writer:
         h, content = item.header, item.content
         ref, verb = content["ref"], "amend" if content["type"] == "amend" else "withdraw"
         self.flush()
+        self._looked_up.clear()  # records change from here on: look each id up again (rare path)
         row = self.conn.execute(
             "SELECT id, sender, type FROM records WHERE packet_id = ? OR id = "
             "(SELECT record FROM versions WHERE packet_id = ?)", (ref, ref)).fetchone()
@@ -523,3 +544,5 @@ class _Writer:
 
 
 _VERSION_SQL: Final = _BATCH_SQL["versions"]
+#: Ids per ``IN (...)`` list: under SQLite's historical limit of 999 parameters (hub.sqlrows).
+_IN_LIST: Final = 900
