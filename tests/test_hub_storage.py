@@ -223,3 +223,50 @@ async def test_a_coalesced_group_commit_writes_what_one_operation_at_a_time_writ
     a, b = _dump(tmp_path / "a.db"), _dump(tmp_path / "b.db")
     assert a == b
     assert a["acks"] and {c for _, _, c in a["subscriptions"]} == {4, -1}
+
+
+async def test_a_usual_batch_skips_the_id_lookup_and_the_ack_cleanup_it_does_not_need(tmp_path: Path) -> None:
+    rng = random.Random(13)
+    db = tmp_path / "hub.db"
+    st = SQLiteStorage(db)
+    statements: list[str] = []
+
+    async def batch(*ops: Any) -> list[str]:
+        statements.clear()
+        st._w.set_trace_callback(statements.append)
+        try:
+            await _held_batch(st, list(ops))
+        finally:
+            st._w.set_trace_callback(None)
+        return [s.split()[0] + (" " + s.split(" INTO " if s.startswith("INSERT") else " FROM ")[1].split()[0]
+                                if s.startswith(("INSERT", "DELETE")) else "")
+                for s in statements[statements.index("BEGIN IMMEDIATE", 1):]]
+
+    def acks_rows() -> list[tuple[Any, ...]]:
+        return _dump(db)["acks"]
+
+    try:
+        await st.subscribe("FR", "main", ("alerts.>",))
+        # New packets and in-order acks: no lookup of ids, no DELETE of acks.
+        assert await batch(*(st.append([packet(i, rng)], 1_764_000_100) for i in range(5)),
+                           st.ack("FR", "main", [0], 0)) == \
+            ["BEGIN", "INSERT packets", "INSERT packet_recipients", "UPDATE", "COMMIT"]
+        # A retry of a stored packet fails the optimistic INSERT, which is planned again after the lookup.
+        p = packet(100, rng)
+        await st.append([p], 1_764_000_100)
+        got = await batch(st.append([p], 1_764_000_200), st.append([packet(101, rng)], 1_764_000_200))
+        assert got == ["BEGIN", "INSERT packets", "SELECT", "INSERT packets", "INSERT packet_recipients", "COMMIT"]
+        # Acks above the cursor are kept; the DELETE runs until the cursor passes the last of them.
+        assert await batch(st.ack("FR", "main", [4, 2], 2)) == ["BEGIN", "UPDATE", "INSERT acks", "COMMIT"]
+        assert acks_rows() == [("FR", "main", 4)]
+        assert await batch(st.ack("FR", "main", [3], 3)) == ["BEGIN", "UPDATE", "DELETE acks", "COMMIT"]
+        assert acks_rows() == [("FR", "main", 4)]
+    finally:
+        await st.close()
+    st = SQLiteStorage(db)  # what the acks table holds is known again after a restart
+    try:
+        assert await batch(st.ack("FR", "main", [5], 5)) == ["BEGIN", "UPDATE", "DELETE acks", "COMMIT"]
+        assert acks_rows() == []
+        assert await batch(st.ack("FR", "main", [6], 6)) == ["BEGIN", "UPDATE", "COMMIT"]
+    finally:
+        await st.close()
