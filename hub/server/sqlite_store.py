@@ -8,7 +8,7 @@ read-only), every operation in the batch fails and no index is consumed.
 Reads use a second connection on the event-loop thread (WAL readers never block).
 
 The appends and acks of a batch are merged into a few multi-row statements (see
-:mod:`hub.sqlrows` for why): a batch of any size takes about eight, a usual one five.
+:mod:`hub.sqlrows` for why): a batch of any size takes about eight.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.migrations import migrate
-from hub.sqlrows import MAX_PARAMS, insert_rows
+from hub.sqlrows import insert_rows
 from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
 
@@ -93,10 +93,6 @@ PAGE_SIZE: Final[int] = 16384
 #: limit of 999 bound parameters, as sqlrows.insert_rows keeps to.
 _IN_LIST: Final = 900
 _SUBS_PER_STATEMENT: Final = 150
-_INSERT_PACKETS: Final = "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_RECIPIENTS: Final = "INSERT INTO packet_recipients VALUES (?,?)"
-#: Most packets one INSERT takes (12 parameters each): a batch this small tries its INSERT first.
-_ONE_INSERT: Final = MAX_PARAMS // 12
 
 
 @dataclass(frozen=True)
@@ -143,12 +139,6 @@ class SQLiteStorage:
         self._batch_max = batch_max
         row = self._w.execute("SELECT MAX(log_index) FROM packets").fetchone()
         self._next_index = 0 if row[0] is None else row[0] + 1
-        # (nation, subscription) -> the highest log index it has rows for in ``acks`` (acks above
-        # its cursor). Only the writer thread touches it. Subscriptions absent have no rows, so a
-        # batch of their acks needs no DELETE (acks mostly come in order: most batches need none).
-        self._acks_top: dict[tuple[str, str], int] = {
-            (n, name): top for n, name, top in self._w.execute(
-                "SELECT nation, name, MAX(log_index) FROM acks GROUP BY nation, name")}
         self._queue: queue.SimpleQueue[tuple[_Op, asyncio.Future[Any]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._writer, name="hub-sqlite-writer", daemon=True)
         self._thread.start()
@@ -183,7 +173,7 @@ class SQLiteStorage:
 
     def _run_batch(self, batch: list[tuple[_Op, asyncio.Future[Any]]]) -> None:
         start = time.perf_counter()
-        saved_next, saved_acks_top = self._next_index, dict(self._acks_top)
+        saved_next = self._next_index
         results: list[Any] = [None] * len(batch)
         c = self._w
         try:
@@ -208,7 +198,7 @@ class SQLiteStorage:
                 c.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-            self._next_index, self._acks_top = saved_next, saved_acks_top
+            self._next_index = saved_next
             self._uncommitted.clear()
             error = StoreError(f"hub database refused the write ({exc}); nothing was accepted")
             batch[0][1].get_loop().call_soon_threadsafe(_fail, [fut for _, fut in batch], error)
@@ -239,32 +229,10 @@ class SQLiteStorage:
         batch[0][1].get_loop().call_soon_threadsafe(_resolve, [(fut, r) for (_, fut), r in zip(batch, results)])
 
     def _append_all(self, c: sqlite3.Connection, ops: list[_Append]) -> list[list[Appended | Conflict]]:
-        """Every append of a batch: the new rows in multi-row INSERTs.
-
-        Ids are looked up first only when the packets take more than one INSERT. Otherwise the
-        INSERT is tried as is: an id already held (a retry) fails it whole, UNIQUE(packet_id),
-        and it is planned again after the lookup. Retries are rare, and the lookup is one more
-        statement (GIL hand-off) per batch.
-        """
-        index0, uncommitted0 = self._next_index, len(self._uncommitted)
-        if sum(len(op.items) for op in ops) <= _ONE_INSERT:
-            out, rows, recipients = self._plan(ops, {})
-            try:
-                insert_rows(c, _INSERT_PACKETS, rows)
-            except sqlite3.IntegrityError:
-                self._next_index = index0
-                del self._uncommitted[uncommitted0:]
-            else:
-                insert_rows(c, _INSERT_RECIPIENTS, recipients)
-                return out
-        out, rows, recipients = self._plan(ops, self._held(c, ops))
-        insert_rows(c, _INSERT_PACKETS, rows)
-        insert_rows(c, _INSERT_RECIPIENTS, recipients)
-        return out
-
-    def _held(self, c: sqlite3.Connection, ops: list[_Append]) -> dict[bytes, tuple[int, bytes, int]]:
-        """packet id -> (index, header, accepted_at) of the packets the store holds under these ids."""
+        """Every append of a batch: one query for ids already held, then the new rows."""
         ids = list({p.packet_id: None for op in ops for p in op.items})
+        # packet id -> (index, header, accepted_at) of the packet held under it, in the store or
+        # earlier in this batch (a retry can arrive while its first copy waits in the queue).
         held: dict[bytes, tuple[int, bytes, int]] = {}
         for i in range(0, len(ids), _IN_LIST):
             chunk = ids[i:i + _IN_LIST]
@@ -272,13 +240,6 @@ class SQLiteStorage:
                     "SELECT packet_id, log_index, header, accepted_at FROM packets WHERE packet_id IN "
                     f"({','.join('?' * len(chunk))})", chunk):
                 held[pid] = (index, header, accepted_at)
-        return held
-
-    def _plan(self, ops: list[_Append], held: dict[bytes, tuple[int, bytes, int]]) -> tuple[
-            list[list[Appended | Conflict]], list[tuple[Any, ...]], list[tuple[str, int]]]:
-        """Each append's results, and the rows to insert; gives out log indexes in order. ``held``
-        (the store's packets under these ids) gains the batch's own, as a retry can arrive while
-        its first copy waits in the queue."""
         rows: list[tuple[Any, ...]] = []
         recipients: list[tuple[str, int]] = []
         out: list[list[Appended | Conflict]] = []
@@ -300,7 +261,9 @@ class SQLiteStorage:
                                                        now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 results.append(Appended(index, now, False))
             out.append(results)
-        return out, rows, recipients
+        insert_rows(c, "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        insert_rows(c, "INSERT INTO packet_recipients VALUES (?,?)", recipients)
+        return out
 
     def _ack_all(self, c: sqlite3.Connection, ops: list[_Ack]) -> None:
         """Every ack of a batch, merged per subscription: the highest cursor, the acks above it."""
@@ -310,7 +273,6 @@ class SQLiteStorage:
             indexes.update(op.indexes)
             merged[(op.nation, op.name)] = (max(cursor, op.cursor), indexes)
         subs = list(merged.items())
-        top = self._acks_top
         for i in range(0, len(subs), _SUBS_PER_STATEMENT):
             chunk = subs[i:i + _SUBS_PER_STATEMENT]
             cases = " ".join("WHEN nation = ? AND name = ? THEN ?" for _ in chunk)
@@ -318,18 +280,10 @@ class SQLiteStorage:
             c.execute(f"UPDATE subscriptions SET cursor = MAX(cursor, CASE {cases} END) WHERE {which}",
                       [v for (n, name), (cur, _) in chunk for v in (n, name, cur)]
                       + [v for (n, name), _ in chunk for v in (n, name)])
-            with_rows = [(key, cur) for key, (cur, _) in chunk if key in top]
-            if with_rows:
-                c.execute("DELETE FROM acks WHERE " + " OR ".join(
-                    "(nation = ? AND name = ? AND log_index <= ?)" for _ in with_rows),
-                    [v for (n, name), cur in with_rows for v in (n, name, cur)])
-                for key, cur in with_rows:
-                    if cur >= top[key]:  # every row it had is at or below the cursor: all gone
-                        del top[key]
+            c.execute("DELETE FROM acks WHERE " + " OR ".join("(nation = ? AND name = ? AND log_index <= ?)" for _ in chunk),
+                      [v for (n, name), (cur, _) in chunk for v in (n, name, cur)])
         above = [(n, name, i) for (n, name), (cur, indexes) in subs for i in sorted(indexes) if i > cur]
         insert_rows(c, "INSERT OR IGNORE INTO acks VALUES (?,?,?)", above)
-        for n, name, i in above:
-            top[(n, name)] = max(top.get((n, name), -1), i)
 
     async def _submit(self, op: _Op) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
