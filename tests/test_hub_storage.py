@@ -52,12 +52,16 @@ async def test_scans_from_memory_equal_scans_of_the_database(tmp_path: Path, mon
         await st.close()
 
 
+async def appended_and_closed(db: Path, n: int, rng: random.Random) -> None:
+    st = SQLiteStorage(db)
+    await st.append([packet(i, rng) for i in range(n)], 1_764_000_100)
+    await st.close()
+
+
 async def test_a_reopened_store_scans_what_it_held(tmp_path: Path) -> None:
     rng = random.Random(8)
     db = tmp_path / "hub.db"
-    st = SQLiteStorage(db)
-    await st.append([packet(i, rng) for i in range(30)], 1_764_000_100)
-    await st.close()
+    await appended_and_closed(db, 30, rng)
     st = SQLiteStorage(db)
     try:
         for nation in NATIONS:
@@ -101,9 +105,7 @@ def page_size(db: Path) -> int:
 async def test_a_new_database_has_pages_a_packet_fits_in_and_an_old_one_keeps_its_own(tmp_path: Path) -> None:
     rng = random.Random(10)
     new = tmp_path / "new.db"
-    st = SQLiteStorage(new)
-    await st.append([packet(i, rng) for i in range(3)], 1_764_000_100)
-    await st.close()
+    await appended_and_closed(new, 3, rng)
     assert page_size(new) == sqlite_store.PAGE_SIZE == 16384
     # A database created by an earlier version, with SQLite's default 4 KiB pages, in WAL mode.
     old = tmp_path / "old.db"
