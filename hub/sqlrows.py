@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 #: Bound parameters per statement: SQLite's limit before 3.32, so any SQLite a Python links takes it.
@@ -31,3 +31,15 @@ def insert_rows(conn: sqlite3.Connection, sql: str, rows: Sequence[Sequence[Any]
     for i in range(0, len(rows), per):
         chunk = rows[i:i + per]
         conn.execute(f"{head}VALUES {','.join([row] * len(chunk))}", list(itertools.chain.from_iterable(chunk)))
+
+
+#: Values per ``IN (...)`` list, leaving room under :data:`MAX_PARAMS` for a statement's own.
+IN_LIST: Final[int] = 900
+
+
+def select_in(conn: sqlite3.Connection, sql: str, values: Sequence[Any]) -> Iterator[tuple[Any, ...]]:
+    """The rows of ``sql``, whose ``IN ({})`` takes ``values``, in as few queries as
+    :data:`IN_LIST` allows (one step per query and row, instead of a query per value)."""
+    for i in range(0, len(values), IN_LIST):
+        chunk = list(values[i:i + IN_LIST])
+        yield from conn.execute(sql.format(",".join("?" * len(chunk))), chunk)

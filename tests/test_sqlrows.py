@@ -51,3 +51,18 @@ def test_no_rows_is_no_statement_and_a_statement_without_one_values_row_is_refus
     assert statements == []
     with pytest.raises(ValueError, match="not an INSERT"):
         insert_rows(c, "INSERT INTO u SELECT ?, ?", [("a", 1)])
+
+
+def test_select_in_answers_for_every_value_in_lists_under_the_parameter_limit() -> None:
+    from hub.sqlrows import IN_LIST, select_in
+
+    c = _conn()
+    insert_rows(c, "INSERT INTO u VALUES (?, ?)", [(f"k{i}", i) for i in range(2500)])
+    statements: list[str] = []
+    c.set_trace_callback(statements.append)
+    wanted = [f"k{i}" for i in range(0, 2500, 2)] + ["absent"]
+    got = sorted(select_in(c, "SELECT k, v FROM u WHERE k IN ({})", wanted))
+    c.set_trace_callback(None)
+    assert got == sorted((f"k{i}", i) for i in range(0, 2500, 2))
+    assert len(statements) == -(-len(wanted) // IN_LIST) == 2
+    assert list(select_in(c, "SELECT k FROM u WHERE k IN ({})", [])) == []

@@ -42,7 +42,7 @@ from clients.node import search as reading
 from clients.node.schema import KEY_SHIFT, Ids, Rows, derive
 from clients.node.search import Hit
 from hub.migrations import migrate
-from hub.sqlrows import insert_rows
+from hub.sqlrows import insert_rows, select_in
 from hub.protocol import codec
 from hub.protocol.certs import Certificate
 from hub.protocol.content import entities_of
@@ -379,14 +379,11 @@ class _Writer:
         """Look up these packet ids (stored already? a record under them?) in two queries for the
         batch rather than two per packet: each query is a GIL hand-off (see hub.sqlrows)."""
         unique = list(dict.fromkeys(pids))
-        for i in range(0, len(unique), _IN_LIST):
-            chunk = unique[i:i + _IN_LIST]
-            marks = ",".join("?" * len(chunk))
-            self._stored.update(r[0] for r in self.conn.execute(
-                f"SELECT packet_id FROM packets WHERE packet_id IN ({marks})", chunk))
-            self._records.update((r[0], (r[1], r[2])) for r in self.conn.execute(
-                f"SELECT packet_id, id, sender FROM records WHERE packet_id IN ({marks})", chunk))
-            self._looked_up.update(chunk)
+        self._stored.update(r[0] for r in select_in(self.conn, "SELECT packet_id FROM packets WHERE packet_id IN ({})",
+                                                    unique))
+        self._records.update((r[0], (r[1], r[2])) for r in select_in(
+            self.conn, "SELECT packet_id, id, sender FROM records WHERE packet_id IN ({})", unique))
+        self._looked_up.update(unique)
 
     def add(self, item: Incoming) -> str:
         header, content = item.header, item.content
@@ -544,5 +541,3 @@ class _Writer:
 
 
 _VERSION_SQL: Final = _BATCH_SQL["versions"]
-#: Ids per ``IN (...)`` list: under SQLite's historical limit of 999 parameters (hub.sqlrows).
-_IN_LIST: Final = 900

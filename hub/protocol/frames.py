@@ -62,7 +62,7 @@ def encode_frame(t: str, **fields: Any) -> bytes:
     # Hot path (deliver, accepted, ack): only the top level needs its keys sorted; nested values
     # (a proof map, a pattern list) are canonicalised on their own, the packet bytes are not copied.
     out = {k: (v if type(v) in _FLAT else codec.canonical(v)) for k, v in sorted(body.items())}
-    return msgpack.packb(out, use_bin_type=True)
+    return codec.pack_as_is(out)
 
 
 _pack = msgpack.Packer(use_bin_type=True).pack

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.migrations import migrate
-from hub.sqlrows import insert_rows
+from hub.sqlrows import insert_rows, select_in
 from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
 
@@ -89,9 +89,8 @@ RECENT: Final[int] = 8192
 PAGE_SIZE: Final[int] = 16384
 
 
-#: Ids per ``IN (...)`` list and subscriptions per merged ack statement: under SQLite's old
-#: limit of 999 bound parameters, as sqlrows.insert_rows keeps to.
-_IN_LIST: Final = 900
+#: Subscriptions per merged ack statement (3 parameters each in its longest clause): under
+#: SQLite's old limit of 999 bound parameters, as hub.sqlrows keeps to.
 _SUBS_PER_STATEMENT: Final = 150
 
 
@@ -233,13 +232,9 @@ class SQLiteStorage:
         ids = list({p.packet_id: None for op in ops for p in op.items})
         # packet id -> (index, header, accepted_at) of the packet held under it, in the store or
         # earlier in this batch (a retry can arrive while its first copy waits in the queue).
-        held: dict[bytes, tuple[int, bytes, int]] = {}
-        for i in range(0, len(ids), _IN_LIST):
-            chunk = ids[i:i + _IN_LIST]
-            for pid, index, header, accepted_at in c.execute(
-                    "SELECT packet_id, log_index, header, accepted_at FROM packets WHERE packet_id IN "
-                    f"({','.join('?' * len(chunk))})", chunk):
-                held[pid] = (index, header, accepted_at)
+        held: dict[bytes, tuple[int, bytes, int]] = {
+            pid: (index, header, accepted_at) for pid, index, header, accepted_at in select_in(
+                c, "SELECT packet_id, log_index, header, accepted_at FROM packets WHERE packet_id IN ({})", ids)}
         rows: list[tuple[Any, ...]] = []
         recipients: list[tuple[str, int]] = []
         out: list[list[Appended | Conflict]] = []
