@@ -182,6 +182,12 @@ BAD = [
      "is not a UTC timestamp"),
     ("bidi override", ALERT, _set("title", "Invoice \u202egpj.exe"), "title", "bidirectional control U+202E"),
     ("control character", ALERT, _set("title", "a\x00b"), "title", "control character U+0000"),
+    ("control in multiline text", ALERT, _set("summary", "line one\nline\x1btwo"), "summary",
+     "control character U+001B"),
+    ("C1 control in a name", ALERT, _set("entities[0].names", ["Ahmed\x9bSaleh"]), "entities[0].names[0]",
+     "control character U+009B"),
+    ("bidi isolate in Arabic", ALERT, _set("entities[0].names", ["\u0623\u062d\u0645\u062f \u2067x"]),
+     "entities[0].names[0]", "bidirectional control U+2067"),
     ("unpaired surrogate", ALERT, _set("title", "\ud800"), "title", "unpaired surrogate"),
     ("unknown type", ALERT, _set("type", "alerts"), "type", 'did you mean "alert"?'),
     ("too long title", ALERT, _set("title", "x" * 201), "title", "over the limit of 200"),
@@ -198,6 +204,35 @@ def test_bad_content(base: dict[str, Any], mutate: Callable[[dict[str, Any]], No
     assert err.value.path == path, str(err.value)
     assert message in err.value.reason
     assert str(err.value) == f"{path}: {err.value.reason}"
+
+
+def test_printable_text_is_left_to_one_check() -> None:
+    # clean_text skips its control, bidi and spacing regexes for text str.isprintable() accepts:
+    # sound only if no printable character is one they look for, and none but U+0020 is a space.
+    from hub.protocol.entities import _BIDI, _CONTROL, _SPACES
+
+    printable = "".join(c for c in map(chr, range(0x110000)) if c.isprintable())
+    assert _CONTROL.search(printable) is None and _BIDI.search(printable) is None
+    assert _SPACES.findall(printable) == [" "]
+    assert [c for c in printable if c.isspace()] == [" "]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("  Ahmed   Saleh ", "Ahmed Saleh"),  # printable, but runs of spaces
+    ("Ahmed\tSaleh", "Ahmed Saleh"),
+    ("Ahmed\u00a0\u2003Saleh", "Ahmed Saleh"),  # no-break and em spaces: not printable
+    ("\u0623\u062d\u0645\u062f  \u0635\u0627\u0644\u062d", "\u0623\u062d\u0645\u062f \u0635\u0627\u0644\u062d"),
+])
+def test_names_spaced_any_way_are_one_name(name: str, expected: str) -> None:
+    content = copy.deepcopy(ALERT)
+    content["entities"][0]["names"] = [name]
+    assert validate_content(content)["entities"][0]["names"] == [expected]
+
+
+def test_multiline_text_keeps_its_lines() -> None:
+    content = copy.deepcopy(ALERT)
+    content["summary"] = "  one\r\ntwo\rthree\n\tfour  "
+    assert validate_content(content)["summary"] == "one\ntwo\nthree\n\tfour"
 
 
 def test_not_an_object() -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import stdnum.bitcoin
 from hypothesis import given
+from hypothesis import strategies as st
 
 from hub.protocol.entities import validate_identifier
 from hub.protocol.errors import ValidationError
 from hub.protocol.identifiers import (
-    IDENTIFIER_TYPES, guess_identifier_kind, normalize_chain, normalize_identifier, resolve_kind,
+    IDENTIFIER_TYPES, b58decode, guess_identifier_kind, normalize_chain, normalize_identifier, resolve_kind,
     split_wallet,
 )
 from tests.strategies import identifiers
@@ -105,6 +107,19 @@ def test_wallet_chains() -> None:
     assert normalize_chain("usdt-trc20") == "TRX"
     with pytest.raises(ValidationError, match="not a chain name"):
         normalize_chain("no spaces allowed")
+
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+@given(st.text(alphabet=_B58, max_size=60))
+def test_base58_decodes_as_stdnum_does(text: str) -> None:
+    assert b58decode(text) == stdnum.bitcoin.b58decode(text)
+
+
+@pytest.mark.parametrize("text", ["", "1", "111", "1112", "z", "TA4Y62o6YC2Zsck9rZVGTvqW1AQ7X9zTnj"])
+def test_base58_edge_cases(text: str) -> None:
+    assert b58decode(text) == stdnum.bitcoin.b58decode(text)
 
 
 def test_kind_names_people_type() -> None:

@@ -13,7 +13,7 @@ import decimal
 import difflib
 import re
 import unicodedata
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Set
 from typing import Any, Final
 
 from .errors import ValidationError
@@ -91,13 +91,20 @@ def clean_text(value: object, path: str, max_len: int, *, multiline: bool = Fals
         except UnicodeEncodeError:
             raise ValidationError(path, "contains an unpaired surrogate (not valid Unicode)") from None
     text = value if ascii_only else unicodedata.normalize("NFC", value)
+    # One C loop settles most text: printable means no control character, no line break, no
+    # bidi control and no space but U+0020, so the regexes below have nothing to find.
+    printable = text.isprintable()
     if multiline:
-        text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
-    else:
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = text.strip()
+    elif not printable or "  " in text:
         text = _SPACES.sub(" ", text).strip()  # names compare equal however they were spaced
-    if (c := _CONTROL.search(text)) is not None:
+    else:
+        text = text.strip()
+    if not printable and (c := _CONTROL.search(text)) is not None:
         raise ValidationError(path, f"contains the control character U+{ord(c[0]):04X}")
-    if not ascii_only and (m := _BIDI.search(text)) is not None:
+    if not printable and not ascii_only and (m := _BIDI.search(text)) is not None:
         raise ValidationError(path, f"contains the invisible bidirectional control U+{ord(m[0]):04X}")
     if not text:
         raise ValidationError(path, "must not be empty")
@@ -201,13 +208,14 @@ class Obj:
     explanation given instead of "unknown field".
     """
 
-    def __init__(self, value: object, path: str, allowed: Collection[str], *,
+    def __init__(self, value: object, path: str, allowed: Set[str], *,
                  what: str = "an object", foreign: Mapping[str, str] | None = None) -> None:
         if type(value) is not dict:
             raise ValidationError(path, f"expected {what}, got {type_name(value)}")
-        for key in value:
-            if key not in allowed:
-                raise ValidationError(join(path, key), _unknown(key, allowed, foreign or {}))
+        if not value.keys() <= allowed:  # one C-level test; the loop only names the first stranger
+            for key in value:
+                if key not in allowed:
+                    raise ValidationError(join(path, key), _unknown(key, allowed, foreign or {}))
         self.data: dict[str, Any] = value
         self.path = path
 
@@ -236,14 +244,17 @@ class Obj:
 
     def items(self, key: str, max_items: int, min_items: int = 0) -> list[tuple[str, Any]]:
         """``(path, item)`` for each element of the list at ``key`` (absent = empty)."""
-        value = self.data.get(key, [])
+        value = self.data.get(key)
+        if value is None and key not in self.data:
+            return []  # absent: most optional lists are
         if type(value) is not list:
             raise ValidationError(self.at(key), f"expected a list, got {type_name(value)}")
         if len(value) > max_items:
             raise ValidationError(self.at(key), f"has {len(value)} items, over the limit of {max_items}")
         if len(value) < min_items:
             raise ValidationError(self.at(key), f"needs at least {min_items} item{'s' * (min_items > 1)}")
-        return [(f"{self.at(key)}[{i}]", item) for i, item in enumerate(value)]
+        base = self.at(key)
+        return [(f"{base}[{i}]", item) for i, item in enumerate(value)]
 
     def texts(self, key: str, max_items: int, max_len: int = MAX_NAME_LEN) -> list[str]:
         """Strings in the order given, without repeats."""
@@ -352,19 +363,26 @@ def validate_entity(obj: object, path: str, *, schemas: Collection[str] = SCHEMA
     for key in ("countries", "nationality"):
         if key in allowed and (codes := f.countries(key)):
             out[key] = codes
+    # Optional fields, in a fixed order (the order of ``out``), each read only when present:
+    # most are absent, and this runs for every entity of every packet a node receives.
     for key in ("jurisdiction", "flag"):
-        f.optional(out, key, lambda k: country(obj[k], f.at(k)))
+        if key in obj:
+            out[key] = country(obj[key], f.at(key))
     for key in ("birth_date", "death_date", "incorporation_date", "dissolution_date"):
-        f.optional(out, key, lambda k: parse_date(obj[k], f.at(k), partial=True))
+        if key in obj:
+            out[key] = parse_date(obj[key], f.at(key), partial=True)
     for start, end in (("birth_date", "death_date"), ("incorporation_date", "dissolution_date")):
         if start in out and end in out and date_before(out[end], out[start]):
             raise ValidationError(f.at(end), f"{out[end]} is before {start} {out[start]}")
-    f.optional(out, "gender", lambda k: f.choice(k, GENDERS))
-    if "addresses" in allowed and (addresses := f.texts("addresses", MAX_NAMES, MAX_SHORT_LEN)):
+    if "gender" in obj:
+        out["gender"] = f.choice("gender", GENDERS)
+    if "addresses" in obj and (addresses := f.texts("addresses", MAX_NAMES, MAX_SHORT_LEN)):
         out["addresses"] = addresses
     for key in ("birth_place", "model", "institution", "full", "city", "postal_code"):
-        f.optional(out, key, lambda k: f.text(k, MAX_SHORT_LEN))
-    f.optional(out, "notes", lambda k: f.text(k, MAX_TEXT_LEN, multiline=True))
+        if key in obj:
+            out[key] = f.text(key, MAX_SHORT_LEN)
+    if "notes" in obj:
+        out["notes"] = f.text("notes", MAX_TEXT_LEN, multiline=True)
     _check_identified(out, f)
     return out
 
