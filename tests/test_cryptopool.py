@@ -186,3 +186,30 @@ def test_peek_agrees_with_the_strict_parse(fed: Federation) -> None:
     assert not envelope.peek_agrees(peek._replace(created=peek.created + 1), header)
     for junk in (b"", b"\xc1", b"\x80", raw[:40], b"\x81\xa6header\xc4\x01\x00", codec.encode({"header": 5})):
         assert envelope.peek_header(junk) is None
+
+
+async def test_a_chunk_of_mixed_packets_gets_each_packet_its_own_answer(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker opens a chunk stage by stage (every decryption, then every validation): each
+    packet's answer must still be the one it gets alone, whatever its neighbours in the chunk."""
+    good = [seal_for(fed, "IT", ["FR"]) for _ in range(3)]
+    tampered = bytearray(good[0])
+    tampered[-5] ^= 1  # in the ciphertext: the digest check fails
+    items = [good[0], _invalid_content_packet(fed, monkeypatch), bytes(tampered), good[1],
+             forward(fed, good[2], by="FR", to="FR"), good[2]]
+    trust = fed.trust()
+    now = int(time.time())
+    signers = [trust.signer(h.sender_cert, h.sender, h.created)
+               for h in (envelope.parse_packet(raw).header for raw in items)]
+    pool = CryptoPool(2, "FR", fed.members["FR"].node_kem)
+    try:
+        await pool.warm()
+        chunk = await pool._open_chunk([(raw, s.raw, True) for raw, s in zip(items, signers)])
+        alone = [(await pool._open_chunk([(raw, s.raw, True)]))[0] for raw, s in zip(items, signers)]
+    finally:
+        pool.shutdown()
+    assert chunk == alone
+    assert [r[0] for r in chunk] == ["ok", "invalid", "invalid_packet", "ok", "invalid_packet", "ok"]
+    expected = envelope.open_packet(good[1], nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=now)
+    assert chunk[3][1:4] == (expected.content, expected.salt, expected.content_bytes)
+    assert chunk[1][1] == "entities[0].nationality[0]" and "XX" in chunk[1][2]
