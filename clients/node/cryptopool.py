@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -84,49 +85,56 @@ def _open_parsed(packet: envelope.Packet, signer: Certificate, nation: str, kem:
     return envelope.decrypt(envelope.Verified(packet, signer), nation=nation, kem=kem)
 
 
-def _decrypt(raw: bytes, cert_raw: bytes) -> tuple[Any, ...]:
-    """In a worker, the first stage: parse ``raw``, check it is signed by ``cert_raw``, decrypt.
-    Errors come back as tags (not every intelhub error survives pickling as itself)."""
+# A worker opens a chunk stage by stage, each stage over every packet still in the running,
+# rather than packet by packet: the code and tables of each stage (signature checks, ML-KEM,
+# validation) then stay in the CPU caches. Validating right after a decapsulation cost half as
+# much again as validating alone; in a loop over 400 recorded packets the staged form took 360 us
+# per packet against 410. Each stage passes on ``want_header``: the node did not parse the
+# packet itself (see :meth:`CryptoPool.open_raw`), so the header goes back too.
+
+
+def _parse(raw: bytes, cert_raw: bytes, want_header: bool) -> tuple[envelope.Packet, Certificate, bool]:
     certs: dict[bytes, Certificate] = _WORKER["certs"]
-    try:
-        signer = certs.get(cert_raw)
-        if signer is None:
-            signer = certs[cert_raw] = Certificate.parse(cert_raw)
-            if len(certs) > 1024:
-                certs.pop(next(iter(certs)))
-        packet = envelope.parse_packet(raw)
-        envelope.check_signature(packet, signer)
-        return ("decrypted", packet.header,
-                *envelope.decrypt_unvalidated(envelope.Verified(packet, signer), nation=_WORKER["nation"],
-                                              kem=_WORKER["kem"]))
-    except InvalidPacket:
-        return ("invalid_packet",)
-    except ValidationError as exc:
-        return ("invalid", exc.path, exc.reason)
-    except DecodeError as exc:
-        return ("malformed", exc.message)
-    except IntelhubError as exc:
-        return ("error", exc.message)
+    signer = certs.get(cert_raw)
+    if signer is None:
+        signer = certs[cert_raw] = Certificate.parse(cert_raw)
+        if len(certs) > 1024:
+            certs.pop(next(iter(certs)))
+    return envelope.parse_packet(raw), signer, want_header
 
 
-def _validate(d: tuple[Any, ...], want_header: bool) -> tuple[Any, ...]:
-    """The second stage: validate the decrypted content and analyse its names; plain data back.
-    ``want_header``: the node did not parse the packet itself (see :meth:`CryptoPool.open_raw`),
-    so the header comes back too."""
-    if d[0] != "decrypted":
-        return d
-    _, header, content, salt, content_bytes = d
-    try:
-        content = validate_content(content)
-    except ValidationError as exc:
-        return ("invalid", exc.path, exc.reason)
-    except IntelhubError as exc:
-        return ("error", exc.message)
+def _check(packet: envelope.Packet, signer: Certificate,
+           want_header: bool) -> tuple[envelope.Packet, Certificate, bool]:
+    envelope.check_signature(packet, signer)
+    return packet, signer, want_header
+
+
+def _decrypt(packet: envelope.Packet, signer: Certificate, want_header: bool) -> tuple[Any, ...]:
+    content, salt, content_bytes = envelope.decrypt_unvalidated(
+        envelope.Verified(packet, signer), nation=_WORKER["nation"], kem=_WORKER["kem"])
+    return packet.header, content, salt, content_bytes, want_header
+
+
+def _validate(header: envelope.Header, content: Any, salt: bytes, content_bytes: bytes,
+              want_header: bool) -> tuple[Any, ...]:
+    """The last stage: the answer, in plain data."""
+    content = validate_content(content)
     # The store's costliest Python step, name analysis, done here too: the node process only
     # looks the results up (clients.node.schema caches them).
     names = {n: schema.analyse_name(n) for e in entities_of(content)
              for n in (*e.get("names", ()), *e.get("aliases", ())) if type(n) is str}
     return ("ok", content, salt, content_bytes, names, _header_fields(header) if want_header else None)
+
+
+def _tag(exc: IntelhubError) -> tuple[Any, ...]:
+    # Errors go back as tags: not every intelhub error survives pickling as itself.
+    if isinstance(exc, InvalidPacket):
+        return ("invalid_packet",)
+    if isinstance(exc, ValidationError):
+        return ("invalid", exc.path, exc.reason)
+    if isinstance(exc, DecodeError):
+        return ("malformed", exc.message)
+    return ("error", exc.message)
 
 
 def _header_fields(h: envelope.Header) -> tuple[Any, ...]:
@@ -141,13 +149,19 @@ def _header_from(f: tuple[Any, ...]) -> envelope.Header:
 
 
 def _work_many(certs: list[bytes], items: list[tuple[bytes, int, bool]]) -> list[tuple[Any, ...]]:
-    """In a worker: open a chunk of packets. Certificates travel once per chunk (a hybrid one is
-    about 5 KB), items point into the list."""
-    # Stage by stage, not packet by packet: after an ML-KEM decapsulation the validation code and
-    # its tables are out of the CPU caches, and validating right after it cost half as much again
-    # (bench/ingest.py, crypto_workers = 2: about 10% less worker CPU per packet this way).
-    decrypted = [_decrypt(raw, certs[c]) for raw, c, _ in items]
-    return [_validate(d, want) for d, (_, _, want) in zip(decrypted, items)]
+    """In a worker: open a chunk of packets, stage by stage. Certificates travel once per chunk
+    (a hybrid one is about 5 KB), items point into the list."""
+    states: list[tuple[Any, ...]] = [(raw, certs[c], want) for raw, c, want in items]
+    failed: list[tuple[Any, ...] | None] = [None] * len(items)
+    stages: tuple[Callable[..., tuple[Any, ...]], ...] = (_parse, _check, _decrypt, _validate)
+    for stage in stages:
+        for i, state in enumerate(states):
+            if failed[i] is None:
+                try:
+                    states[i] = stage(*state)
+                except IntelhubError as exc:
+                    failed[i] = _tag(exc)
+    return [f or s for f, s in zip(failed, states)]  # the last stage's state is the answer
 
 
 def _ready() -> bool:
