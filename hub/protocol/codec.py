@@ -130,13 +130,12 @@ def decode(
     a caller with a closed schema that checks the key order of every map and the type of every
     value itself (the packet and its header, on every packet). Everything else is still checked.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise DecodeError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if len(data) > max_size:
-        raise DecodeError(f"value is {len(data)} bytes, over the limit of {max_size}")
-    if not data:
-        raise DecodeError("empty input")
+    if type(data) is not bytes:  # one test on the hot path, where it always is
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise DecodeError(f"expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+    if not 0 < len(data) <= max_size:
+        raise DecodeError(f"value is {len(data)} bytes, over the limit of {max_size}" if data else "empty input")
     try:
         # Declared lengths are capped before any allocation by the max_* limits. No per-map
         # hook on this hot path: key order is checked by _check_tree, duplicates by re-encoding.

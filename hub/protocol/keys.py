@@ -65,6 +65,10 @@ def _exact_keys(d: object, keys: set[str], path: str) -> dict[str, Any]:
     return d
 
 
+_BOTH_HALVES: Final = frozenset({"ed25519", "mldsa65"})
+_ED25519_ONLY: Final = frozenset({"ed25519"})
+
+
 @dataclass(frozen=True)
 class SigningPublicKey:
     """Public half of a hybrid signing identity."""
@@ -105,8 +109,7 @@ class SigningPublicKey:
         With ``mldsa_required`` the map must hold exactly both halves; without it,
         exactly the Ed25519 half (a stray ML-DSA half is not silently ignored).
         """
-        want = {"ed25519", "mldsa65"} if mldsa_required else {"ed25519"}
-        if type(sig) is not dict or set(sig) != want:
+        if type(sig) is not dict or sig.keys() != (_BOTH_HALVES if mldsa_required else _ED25519_ONLY):
             raise InvalidPacket()
         ed_sig, ml_sig = sig.get("ed25519"), sig.get("mldsa65")
         if type(ed_sig) is not bytes or len(ed_sig) != ED25519_SIG_LEN:
