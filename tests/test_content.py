@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hub.protocol import codec
@@ -206,6 +206,54 @@ def test_bad_content(base: dict[str, Any], mutate: Callable[[dict[str, Any]], No
     assert str(err.value) == f"{path}: {err.value.reason}"
 
 
+def _reference_clean_text(value: str, multiline: bool) -> str:
+    """clean_text as first written, every regex run on every text: the fast paths must agree."""
+    import unicodedata
+
+    from hub.protocol.entities import _BIDI, _CONTROL, _SPACES
+
+    text = unicodedata.normalize("NFC", value)
+    text = text.replace("\r\n", "\n").replace("\r", "\n").strip() if multiline else _SPACES.sub(" ", text).strip()
+    if (c := _CONTROL.search(text)) is not None:
+        raise ValidationError("x", f"contains the control character U+{ord(c[0]):04X}")
+    if (m := _BIDI.search(text)) is not None:
+        raise ValidationError("x", f"contains the invisible bidirectional control U+{ord(m[0]):04X}")
+    if not text:
+        raise ValidationError("x", "must not be empty")
+    return text
+
+
+# Text built from pieces that each path treats differently: controls allowed in multiline text
+# or not, spaces of other kinds, a bidi override, non-ASCII letters, and a run long enough for
+# the bytes path (over 64 ASCII characters).
+_PRINTABLE_PIECES = [" ", "  ", "Al-Rashid", "x" * 70, "\u0645\u062d\u0645\u062f", "e\u0301"]
+_ASCII_PIECES = ["\t", "\n", "\r", "\r\n", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", " ", "  ", "Al-Rashid", "x" * 70]
+_OTHER_PIECES = ["\x85", "\x9b", "\xa0", "\u2003", "\u202e", "\u2067", "\u0645\u062d\u0645\u062f", "e\u0301"]
+_TEXTS = st.one_of(*(st.lists(st.sampled_from(pieces), max_size=8).map("".join)
+                     for pieces in (_PRINTABLE_PIECES, _ASCII_PIECES, _ASCII_PIECES + _OTHER_PIECES)),
+                   st.text(st.characters(codec="utf-8"), max_size=100))
+
+
+@settings(max_examples=1000)
+@given(_TEXTS, st.booleans())
+@example("Al-Rashid  Al-Rashid", False)
+@example("x" * 70 + "a\x0bb", True)
+@example("x" * 70 + "\tAl-Rashid\r\n", True)
+@example("x" * 70 + "\x1fb", False)
+def test_clean_text_agrees_with_the_plain_regex_version(text: str, multiline: bool) -> None:
+    from hub.protocol.entities import clean_text
+
+    try:
+        expected: object = _reference_clean_text(text, multiline)
+    except ValidationError as exc:
+        expected = exc.reason
+    try:
+        got: object = clean_text(text, "x", 10_000, multiline=multiline)
+    except ValidationError as exc:
+        got = exc.reason
+    assert got == expected
+
+
 def test_printable_text_is_left_to_one_check() -> None:
     # clean_text skips its control, bidi and spacing regexes for text str.isprintable() accepts:
     # sound only if no printable character is one they look for, and none but U+0020 is a space.
@@ -291,9 +339,9 @@ def test_helpers() -> None:
     assert default_topic(EXAMPLES["amend"]) == "notices.freeze"
     assert default_topic(EXAMPLES["withdraw"]) == "control.withdraw"
     assert default_topic(EXAMPLES["withdraw"], "alerts.entity.other") == "alerts.entity.other"
-    for example in DOC_EXAMPLES:
-        summary = content_summary(example)
-        assert "\n" not in summary and summary.split()[0] == example["type"].upper()
+    for doc in DOC_EXAMPLES:
+        summary = content_summary(doc)
+        assert "\n" not in summary and summary.split()[0] == doc["type"].upper()
     assert "EUR 358250.00" in content_summary(FREEZE)
 
 
