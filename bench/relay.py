@@ -114,6 +114,18 @@ def start_hub(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port_file.read_text()}"
 
 
+async def thread_cpu(url: str) -> dict[str, float]:
+    """The hub's CPU seconds by thread, from its /metrics; a pool's threads (hub-verify_0, _1) summed."""
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        text = await r.text()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("intelhub_thread_cpu_seconds_total{"):
+            name = line.split('thread="')[1].split('"')[0].rstrip("0123456789").rstrip("_")
+            out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def client(nation: str, url: str) -> HubClient:
     keys = load_private_keys(KEYS / nation / "node.key")
     trust = load_trust_dir(KEYS)
@@ -152,6 +164,7 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
     # Each session is authenticated as one nation, so a packet is published by its sender's node session.
     order = [(nodes[envelope.parse_packet(p).header.sender], p) for p in packets]
 
+    threads0 = await thread_cpu(url)
     cpu0, t_start, me0 = cpu_seconds(pid), time.perf_counter(), cpu_seconds(os.getpid())
     sys0 = cpu_seconds(pid, "system")
     tasks = []
@@ -178,6 +191,7 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
     cpu = cpu_seconds(pid) - cpu0
     system = cpu_seconds(pid, "system") - sys0
     me = cpu_seconds(os.getpid()) - me0
+    threads = {k: v - threads0.get(k, 0.0) for k, v in (await thread_cpu(url)).items()}
     for t in consumers:
         t.cancel()
     for c in nodes.values():
@@ -186,7 +200,9 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
     return {"n": n, "accept_rate": n / (t_accepted - t_start), "e2e_rate": n / (t_done - t_start),
             "acc_p50": pct(accepted_lat, 50), "acc_p99": pct(accepted_lat, 99),
             "del_p50": pct(delivered_lat, 50), "del_p99": pct(delivered_lat, 99), "cpu_per_packet": cpu / n,
-            "client_cpu": me / (t_done - t_start), "system_share": system / cpu if cpu else 0.0, "hub_cpu": cpu / (t_done - t_start)}
+            "client_cpu": me / (t_done - t_start), "system_share": system / cpu if cpu else 0.0,
+            "hub_cpu": cpu / (t_done - t_start),
+            "threads": {k: v / n for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}}
 
 
 # -- the baseline: a bare relay --------------------------------------------------------
@@ -307,6 +323,10 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"  hub CPU per packet                  {thr['cpu_per_packet'] * 1e6:8.0f} µs   "
           f"(cores busy: hub {thr['hub_cpu']:.2f}, load generator {thr['client_cpu']:.2f}; "
           f"{thr['system_share']:.0%} of the hub's in the kernel)")
+    names = {"MainThread": "event loop", "hub-verify": "verify threads", "hub-sqlite-writer": "SQLite writer",
+             "hub-log-sign": "log signer"}
+    print("  hub CPU by thread, µs per packet: " + ", ".join(
+        f"{names.get(k, k)} {v * 1e6:.0f}" for k, v in thr["threads"].items() if v * 1e6 >= 0.5))
     print(f"  floor: hybrid verify {verify * 1e6:.0f} µs + bare relay {base * 1e6:.0f} µs "
           f"= {floor * 1e6:.0f} µs (means of before and after: verify "
           f"{'/'.join(f'{v * 1e6:.0f}' for v in verifies)}, relay {'/'.join(f'{b * 1e6:.0f}' for b in bases)});   "

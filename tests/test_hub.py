@@ -277,6 +277,12 @@ async def test_health_and_metrics(fed: Federation, config) -> None:  # type: ign
             assert 'intelhub_packets_rejected_total{reason="malformed"} 1.0' in text
             assert 'intelhub_connections{nation="IT"} 1.0' in text
             assert "intelhub_commit_seconds_count" in text
+            # CPU by thread (in 10 ms ticks): every thread of the process, none more than the process.
+            cpu = {line.split('thread="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                   for line in text.splitlines() if line.startswith("intelhub_thread_cpu_seconds_total{")}
+            assert {"MainThread", "hub-sqlite-writer"} <= cpu.keys(), cpu
+            assert cpu["MainThread"] > 0 and min(cpu.values()) >= 0
+            assert sum(cpu.values()) <= time.process_time() + 0.05
 
 
 async def test_hub_never_holds_content(fed: Federation, config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
