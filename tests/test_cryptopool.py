@@ -188,19 +188,24 @@ def test_peek_agrees_with_the_strict_parse(fed: Federation) -> None:
         assert envelope.peek_header(junk) is None
 
 
-async def test_a_chunk_of_mixed_packets_gets_each_packet_its_own_answer(
-        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker opens a chunk stage by stage (every decryption, then every validation): each
-    packet's answer must still be the one it gets alone, whatever its neighbours in the chunk."""
+def _mixed(fed: Federation, monkeypatch: pytest.MonkeyPatch) -> tuple[list[bytes], list[Any]]:
+    """Good, invalid-content, tampered and forwarded packets, interleaved, with their signers."""
     good = [seal_for(fed, "IT", ["FR"]) for _ in range(3)]
     tampered = bytearray(good[0])
     tampered[-5] ^= 1  # in the ciphertext: the digest check fails
     items = [good[0], _invalid_content_packet(fed, monkeypatch), bytes(tampered), good[1],
              forward(fed, good[2], by="FR", to="FR"), good[2]]
     trust = fed.trust()
-    now = int(time.time())
     signers = [trust.signer(h.sender_cert, h.sender, h.created)
                for h in (envelope.parse_packet(raw).header for raw in items)]
+    return items, signers
+
+
+async def test_a_chunk_of_mixed_packets_gets_each_packet_its_own_answer(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker opens a chunk stage by stage (every decryption, then every validation): each
+    packet's answer must still be the one it gets alone, whatever its neighbours in the chunk."""
+    items, signers = _mixed(fed, monkeypatch)
     pool = CryptoPool(2, "FR", fed.members["FR"].node_kem)
     try:
         await pool.warm()
@@ -210,6 +215,42 @@ async def test_a_chunk_of_mixed_packets_gets_each_packet_its_own_answer(
         pool.shutdown()
     assert chunk == alone
     assert [r[0] for r in chunk] == ["ok", "invalid", "invalid_packet", "ok", "invalid_packet", "ok"]
-    expected = envelope.open_packet(good[1], nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=now)
+    expected = envelope.open_packet(items[3], nation="FR", kem=fed.members["FR"].node_kem, trust=fed.trust(),
+                                    now=int(time.time()))
     assert chunk[3][1:4] == (expected.content, expected.salt, expected.content_bytes)
     assert chunk[1][1] == "entities[0].nationality[0]" and "XX" in chunk[1][2]
+
+
+async def test_threads_open_a_turns_packets_in_chunks_each_its_own_answer(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without worker processes, the packets asked for in one turn go to the two threads as two
+    chunks, opened stage by stage; each caller gets its own packet's content or exception."""
+    items, signers = _mixed(fed, monkeypatch)
+    parsed = [envelope.parse_packet(raw) for raw in items]
+    pool = CryptoPool(0, "FR", fed.members["FR"].node_kem)
+    chunks: list[int] = []
+    real_chunk = pool._open_thread_chunk
+
+    async def counting(chunk: list[Any]) -> list[tuple[bool, Any]]:
+        chunks.append(len(chunk))
+        return await real_chunk(chunk)
+
+    monkeypatch.setattr(pool._open_threaded, "_execute", counting)
+
+    def outcome(r: Any) -> Any:
+        return (type(r).__name__, str(r)) if isinstance(r, Exception) else (r.header.packet_id, r.content, r.salt)
+
+    try:
+        together = await asyncio.gather(*(pool.open(p, s) for p, s in zip(parsed, signers)), return_exceptions=True)
+        assert chunks == [3, 3]
+        alone: list[Any] = []
+        for p, s in zip(parsed, signers):
+            try:
+                alone.append(await pool.open(p, s))
+            except Exception as exc:  # noqa: BLE001 - compared below
+                alone.append(exc)
+    finally:
+        pool.shutdown()
+    assert [outcome(r) for r in together] == [outcome(r) for r in alone]
+    assert [type(r).__name__ for r in together] == ["Opened", "ValidationError", "InvalidPacket", "Opened",
+                                                    "InvalidPacket", "Opened"]
