@@ -70,8 +70,10 @@ def validate_content(obj: object) -> dict[str, Any]:
     """A new, normalised copy of ``obj``; ValidationError names the first problem."""
     if type(obj) is not dict:
         raise ValidationError("", f"content must be an object, got {type_name(obj)}")
-    # Read only "type" here (every key allowed); its validator checks the rest.
-    kind = Obj(obj, "", {"type"} | set(obj)).choice("type", PACKET_TYPES)
+    # Read only "type" here; its validator checks the rest.
+    kind = obj.get("type")
+    if type(kind) is not str or kind not in _VALIDATORS:
+        kind = Obj(obj, "", {"type"} | set(obj)).choice("type", PACKET_TYPES)  # raises, naming what is wrong
     out = _VALIDATORS[kind](obj, "")
     # The encoded length does not depend on key order: the plain packer gives it without the
     # canonicaliser's copy (the validator above has already checked every type).

@@ -123,17 +123,20 @@ class Packet:
         self.__dict__.update(raw=raw, header=header, sig=sig, ct=ct, keys=keys)  # as Header's
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Verified:
     packet: Packet
     signer: Certificate
+
+    def __init__(self, packet: Packet, signer: Certificate) -> None:
+        self.__dict__.update(packet=packet, signer=signer)  # as Header's
 
     @property
     def header(self) -> Header:
         return self.packet.header
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Opened:
     header: Header
     signer: Certificate
@@ -141,6 +144,11 @@ class Opened:
     #: The salt and canonical content bytes: shown to an auditor, they prove what was signed.
     salt: bytes
     content_bytes: bytes
+
+    def __init__(self, header: Header, signer: Certificate, content: dict[str, Any], salt: bytes,
+                 content_bytes: bytes) -> None:
+        self.__dict__.update(header=header, signer=signer, content=content, salt=salt,
+                             content_bytes=content_bytes)  # as Header's
 
 
 def packet_id_text(pid: bytes) -> str:
@@ -218,10 +226,13 @@ def _aad_of(h: Header) -> bytes:
 def _info(suite: str, packet_id: bytes, sender: dict[str, Any], nation: str, key: bytes) -> bytes:
     """HPKE ``info``: binds the wrapped key to this packet, sender and recipient (§5.5)."""
     # Keys in canonical order and values of canonical types, so packed directly (as codec.encode would).
-    return signing_input("wrap", codec.pack_as_is({
+    return _WRAP_PREFIX + codec.pack_as_is({
         "id": packet_id, "recipient": {"key": key, "nation": nation},
         "sender": {"cert": sender["cert"], "nation": sender["nation"]}, "suite": suite,
-    }))
+    })
+
+
+_WRAP_PREFIX: Final = signing_input("wrap", b"")  # signing_input("wrap", body) is this + body
 
 
 def _bytes32(v: object, path: str) -> bytes:
