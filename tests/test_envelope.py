@@ -495,3 +495,66 @@ def test_peek_never_raises_and_agrees_with_every_strict_parse(fed: Federation, d
 def test_the_nation_code_set_is_what_the_nation_regex_matches() -> None:
     two_letters = {chr(a) + chr(b) for a in range(32, 383) for b in range(32, 383)}
     assert {c for c in two_letters if NATION_RE.fullmatch(c)} == NATION_CODES
+
+
+# -- parse_packet's two paths ----------------------------------------------------
+
+def _edit_recipient(i: int, **change: Any) -> Callable[[dict[str, Any], dict[str, Any]], None]:
+    return lambda p, h: h["to"][i].update(change)
+
+
+# Each breaks one rule the strict parse enforces beyond msgpack types and lengths.
+_SEMANTIC_BREAKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], None]] = {
+    "recipients out of order": lambda p, h: h.update(to=h["to"][::-1]) or p.update(keys=p["keys"][::-1]),
+    "recipient twice": lambda p, h: h.update(to=[h["to"][0]] * 2 + h["to"][2:]),
+    "recipient nation not a code": _edit_recipient(0, nation="de"),
+    "sender nation not a code": lambda p, h: h["sender"].update(nation="ITA"),
+    "topic with capitals": lambda p, h: h.update(topic="Alerts.x"),
+    "topic too long": lambda p, h: h.update(topic="a." * 64 + "a"),
+    "created after expires": lambda p, h: h.update(created=h["expires"] + 1),
+    "lifetime over the maximum": lambda p, h: h.update(expires=h["created"] + envelope.MAX_LIFETIME + 1),
+    "created zero": lambda p, h: h.update(created=0),
+    "unknown suite": lambda p, h: h.update(suite="IH1-NONE"),
+    "packet version 2": lambda p, h: p.update(v=2),
+    "header version 2": lambda p, h: h.update(v=2),
+    "a key fewer": lambda p, h: p.update(keys=p["keys"][:-1]),
+    "a wrapped key a byte short": lambda p, h: p.update(keys=[p["keys"][0][:-1], *p["keys"][1:]]),
+    "ciphertext too short": lambda p, h: p.update(ct=b"x" * 15),
+    "id of 15 bytes": lambda p, h: h.update(id=h["id"][:15]),
+    "sender cert of 31 bytes": lambda p, h: h["sender"].update(cert=h["sender"]["cert"][:31]),
+    "wrap digest of 33 bytes": _edit_recipient(1, wrap=b"w" * 33),
+    "version as true": lambda p, h: h.update(v=True),
+    "nation as bytes": _edit_recipient(0, nation=b"DE"),
+    "an extra header field": lambda p, h: h.update(zz=1),
+}
+
+
+@pytest.mark.parametrize("suite", [HYBRID, CLASSIC], ids=lambda s: s.id)
+def test_the_fast_parse_gives_the_strict_parse_s_packet(fed: Federation, suite: Suite) -> None:
+    raw = make(fed, suite, to=("CA", "DE", "FR", "GB", "IT", "JP", "US"))
+    fast = envelope._parse_fast(raw, envelope.MAX_PACKET_SIZE)
+    assert fast is not None and fast == envelope._parse_strict(raw, envelope.MAX_PACKET_SIZE)
+    assert envelope._parse_fast(raw, len(raw) - 1) is None  # over the size limit: the strict parse words it
+
+
+@pytest.mark.parametrize("edit", list(_SEMANTIC_BREAKS.values()), ids=list(_SEMANTIC_BREAKS))
+def test_the_fast_parse_leaves_every_broken_rule_to_the_strict_parse(
+        fed: Federation, edit: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+    raw = rebuild(make(fed), edit)
+    assert envelope._parse_fast(raw, envelope.MAX_PACKET_SIZE) is None
+    with pytest.raises(DecodeError):
+        envelope.parse_packet(raw)
+
+
+@pytest.mark.parametrize("where", ["packet", "header", "sender", "recipient", "sig"])
+def test_the_fast_parse_refuses_keys_out_of_canonical_order(fed: Federation, where: str) -> None:
+    p = codec.decode(make(fed))
+    h = codec.decode(p["header"])
+    flip = {"packet": p, "header": h, "sender": h["sender"], "recipient": h["to"][0], "sig": p["sig"]}[where]
+    reordered = _reordered(flip)
+    flip.clear()
+    flip.update(reordered)
+    raw = _packed(p, h)
+    assert envelope._parse_fast(raw, envelope.MAX_PACKET_SIZE) is None
+    with pytest.raises(DecodeError):
+        envelope.parse_packet(raw)

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 from clients.node.config import parse_node_config
 from clients.node.filters import FilterSet
 from clients.node.sinks import sinks_from_config
-from hub.protocol import codec
+from hub.protocol import codec, envelope
 from hub.protocol.armor import armor, dearmor
 from hub.protocol.certs import Certificate
 from hub.protocol.checkpoint import Checkpoint, cosign_checkpoint, open_checkpoint, parse_checkpoint_body, sign_checkpoint
@@ -997,6 +997,14 @@ def _header_bytes(h: Any) -> bytes:
 @target("packet", "hub.protocol.envelope.parse_packet", _packet_inputs)
 def check_packet(c: Corpus, data: bytes) -> str:
     ok, p, outcome = _call("parse_packet", (DecodeError,), parse_packet, data)
+    # parse_packet's fast path (msgspec) may only accept what the strict parse accepts, as the same Packet.
+    fast = envelope._parse_fast(data, envelope.MAX_PACKET_SIZE)
+    if fast is not None:
+        strict_ok, strict, _ = _call("_parse_strict", (DecodeError,), envelope._parse_strict, data,
+                                     envelope.MAX_PACKET_SIZE)
+        _require(strict_ok and strict == fast, "parse_packet's fast path accepted what the strict parse does not")
+    elif data in c.packets:
+        _require(False, "parse_packet's fast path refused a sealed packet")
     if ok:
         _require(_header_bytes(p.header) == p.header.raw, "parse_packet accepted a header its fields do not re-encode to")
         again = codec.encode({"v": 1, "header": p.header.raw, "sig": p.sig, "ct": p.ct, "keys": list(p.keys)})

@@ -18,8 +18,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Final, NamedTuple
+from typing import Annotated, Any, Final, NamedTuple
 
+import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -28,7 +29,7 @@ from .certs import NATION_CODES, Certificate
 from .content import validate_content
 from .errors import DecodeError, InvalidPacket, UntrustedSigner, ValidationError
 from .keys import KemKey, SigningKey, signing_input
-from .suites import CONTENT_KEY_LEN, DEFAULT_SUITE, WRAPPED_KEY_OVERHEAD, Suite, get_suite
+from .suites import CONTENT_KEY_LEN, DEFAULT_SUITE, SUITES, WRAPPED_KEY_OVERHEAD, Suite, get_suite
 from .trust import Trust
 
 VERSION: Final[int] = 1
@@ -341,6 +342,97 @@ def _fields_error(what: str, m: object, fields: list[str]) -> DecodeError:
 
 def parse_packet(raw: bytes, *, max_size: int = MAX_PACKET_SIZE) -> Packet:
     """Strictly decode a packet's structure (no cryptography); :class:`DecodeError` if malformed."""
+    return _parse_fast(raw, max_size) or _parse_strict(raw, max_size)
+
+
+# The fast path. msgspec decodes the packet and its header against typed schemas in C (field
+# set, types, lengths, counts), and encoding what it decoded must give the input back byte for
+# byte: the canonical form (key order, shortest lengths and integers, no duplicate key). A
+# packet that passes that and the checks in _parse_fast is one _parse_strict accepts, parsed
+# to the same Packet; for anything else, and so for every error message, _parse_strict decides.
+# tests/test_fuzz.py (target "packet") holds the two paths equal on mutated packets.
+_Bin32 = Annotated[bytes, msgspec.Meta(min_length=32, max_length=32)]
+
+
+class _WireRecipient(msgspec.Struct, forbid_unknown_fields=True):
+    key: _Bin32
+    nation: str
+    wrap: _Bin32
+
+
+class _WireSender(msgspec.Struct, forbid_unknown_fields=True):
+    cert: _Bin32
+    nation: str
+
+
+class _WireHeader(msgspec.Struct, forbid_unknown_fields=True):  # fields in canonical order
+    commit: _Bin32
+    created: int
+    ct: _Bin32
+    expires: int
+    id: Annotated[bytes, msgspec.Meta(min_length=16, max_length=16)]
+    sender: _WireSender
+    suite: str
+    to: Annotated[list[_WireRecipient], msgspec.Meta(min_length=1, max_length=MAX_RECIPIENTS)]
+    topic: Annotated[str, msgspec.Meta(max_length=MAX_TOPIC_LEN)]
+    v: int
+
+
+class _WirePacket(msgspec.Struct, forbid_unknown_fields=True):
+    ct: Annotated[bytes, msgspec.Meta(min_length=16)]
+    header: bytes
+    keys: Annotated[list[bytes], msgspec.Meta(max_length=MAX_RECIPIENTS)]
+    sig: Annotated[dict[str, bytes], msgspec.Meta(max_length=MAX_RECIPIENTS + 8)]  # the strict decode's map limit
+    v: int
+
+
+_decode_packet: Final = msgspec.msgpack.Decoder(_WirePacket).decode
+_decode_header: Final = msgspec.msgpack.Decoder(_WireHeader).decode
+_encode_wire: Final = msgspec.msgpack.Encoder().encode
+
+
+def _parse_fast(raw: bytes, max_size: int) -> Packet | None:
+    if type(raw) is not bytes or len(raw) > max_size:
+        return None
+    try:
+        p = _decode_packet(raw)
+        w = _decode_header(p.header)
+    except msgspec.MsgspecError:
+        return None
+    suite = SUITES.get(w.suite)
+    if suite is None or p.v != VERSION or w.v != VERSION or _encode_wire(p) != raw or _encode_wire(w) != p.header:
+        return None
+    sender = w.sender.nation
+    if sender not in NATION_CODES or not TOPIC_RE.fullmatch(w.topic) \
+            or not 0 < w.created < w.expires <= w.created + MAX_LIFETIME:
+        return None
+    recipients = []
+    prev = ""
+    for r in w.to:
+        nation = r.nation
+        if nation <= prev or nation not in NATION_CODES:
+            return None
+        prev = nation
+        recipients.append(_new_tuple(Recipient, (nation, r.key, r.wrap)))
+    wrapped_len = suite.enc_len + CONTENT_KEY_LEN + WRAPPED_KEY_OVERHEAD
+    keys = p.keys
+    if len(keys) != len(recipients):
+        return None
+    for k in keys:
+        if len(k) != wrapped_len:
+            return None
+    prev = ""
+    for name in p.sig:
+        if name < prev:
+            return None
+        prev = name
+    header = Header(p.header, suite, w.id, sender, w.sender.cert, tuple(recipients), w.topic, w.created, w.expires,
+                    w.ct, w.commit)
+    return Packet(raw, header, p.sig, p.ct, tuple(keys))
+
+
+def _parse_strict(raw: bytes, max_size: int) -> Packet:
+    """The parse that says what is wrong: msgpack decoded generically, every field checked here."""
     # Every map's key order and every value's type are checked below: a closed schema.
     p = codec.decode(raw, max_size=max_size, max_items=MAX_RECIPIENTS + 8, tree=False)
     if type(p) is not dict or list(p) != _PACKET_FIELDS:
