@@ -185,6 +185,64 @@ def test_forwarding_as_own_packet_is_detected(fed: Federation, trust: Trust) -> 
         opens(fed, trust, forwarded, "US")
 
 
+def _reseal_plaintext(fed: Federation, plaintext: bytes, salt: bytes, content_bytes: bytes) -> bytes:
+    """FR's own packet to US, honestly signed, whose encrypted plaintext is ``plaintext`` exactly."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    p = codec.decode(make(fed, sender="FR", to=("US",)))
+    h = codec.decode(p["header"])
+    key = b"\x02" * 32
+    us = fed.members["US"].node_cert
+    p["ct"] = AESGCM(key).encrypt(bytes(12), plaintext, envelope._aad(h))
+    p["keys"] = [HYBRID.hpke().encrypt(key, us.kem.for_suite(HYBRID),  # type: ignore[union-attr]
+                                       info=envelope._info(HYBRID.id, h["id"], h["sender"], "US", us.fp))]
+    h["ct"] = hashlib.sha256(p["ct"]).digest()
+    h["to"][0]["wrap"] = hashlib.sha256(p["keys"][0]).digest()
+    h["commit"] = envelope.commitment(salt, content_bytes)
+    p["header"] = codec.encode(h)
+    p["sig"] = fed.members["FR"].officer.sign(signing_input("packet", p["header"]))
+    return codec.encode(p)
+
+
+_CONTENT = codec.encode(sample_alert())
+_SALT = b"s" * 32
+
+
+def _inner(fed: Federation, **change: Any) -> dict[str, Any]:
+    inner = {"content": _CONTENT, "salt": _SALT, "sender": {"cert": fed.members["FR"].officer_cert.fp, "nation": "FR"}}
+    inner.update(change)
+    return inner
+
+
+_BAD_INNER: dict[str, Callable[[Federation], bytes]] = {
+    "keys out of order": lambda f: msgpack.packb(dict(reversed(list(_inner(f).items()))), use_bin_type=True),
+    "sender keys out of order": lambda f: msgpack.packb(
+        _inner(f, sender={"nation": "FR", "cert": f.members["FR"].officer_cert.fp}), use_bin_type=True),
+    "an extra field": lambda f: codec.encode(_inner(f, zz=1)),
+    "no salt": lambda f: codec.encode({k: v for k, v in _inner(f).items() if k != "salt"}),
+    "salt of 31 bytes": lambda f: codec.encode(_inner(f, salt=_SALT[:31])),
+    "content as a string": lambda f: codec.encode(_inner(f, content="text")),
+    "sender nation missing": lambda f: codec.encode(_inner(f, sender={"cert": f.members["FR"].officer_cert.fp})),
+    "a trailing byte": lambda f: codec.encode(_inner(f)) + b"\x00",
+    "a longer length prefix": lambda f: codec.encode(_inner(f)).replace(b"\xa4salt\xc4\x20", b"\xa4salt\xc5\x00\x20"),
+    "an array": lambda f: codec.encode(list(_inner(f).values())),
+}
+
+
+def test_a_well_formed_plaintext_resealed_opens(fed: Federation, trust: Trust) -> None:
+    raw = _reseal_plaintext(fed, codec.encode(_inner(fed)), _SALT, _CONTENT)
+    assert opens(fed, trust, raw, "US") == sample_alert()  # the helper builds packets that open
+
+
+@pytest.mark.parametrize("make_inner", list(_BAD_INNER.values()), ids=list(_BAD_INNER))
+def test_a_malformed_plaintext_is_the_opaque_error(fed: Federation, trust: Trust,
+                                                   make_inner: Callable[[Federation], bytes]) -> None:
+    raw = _reseal_plaintext(fed, make_inner(fed), _SALT, _CONTENT)
+    verify(raw, trust, NOW)  # authentic: FR signed it
+    with pytest.raises(InvalidPacket):
+        opens(fed, trust, raw, "US")
+
+
 def test_nation_cannot_resign_another_nations_packet(fed: Federation, trust: Trust) -> None:
     """FR keeps IT as sender but signs with its own key; or claims IT's header with FR's certificate."""
     raw = make(fed)

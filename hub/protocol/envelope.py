@@ -49,7 +49,6 @@ _NONCE: Final[bytes] = bytes(12)
 _PACKET_FIELDS: Final = sorted(["v", "header", "sig", "ct", "keys"])
 _HEADER_FIELDS: Final = sorted(["v", "suite", "id", "sender", "to", "topic", "created", "expires", "ct", "commit"])
 _SENDER_FIELDS: Final = ["cert", "nation"]
-_INNER_FIELDS: Final = ["content", "salt", "sender"]
 _RECIPIENT_FIELDS: Final = ["key", "nation", "wrap"]
 #: Builds a Recipient without NamedTuple's Python-level __new__ (seven per header).
 _new_tuple: Final = tuple.__new__
@@ -365,6 +364,12 @@ class _WireSender(msgspec.Struct, forbid_unknown_fields=True):
     nation: str
 
 
+class _WireInner(msgspec.Struct, forbid_unknown_fields=True):  # the plaintext (§5.4)
+    content: bytes
+    salt: _Bin32
+    sender: _WireSender
+
+
 class _WireHeader(msgspec.Struct, forbid_unknown_fields=True):  # fields in canonical order
     commit: _Bin32
     created: int
@@ -388,6 +393,7 @@ class _WirePacket(msgspec.Struct, forbid_unknown_fields=True):
 
 _decode_packet: Final = msgspec.msgpack.Decoder(_WirePacket).decode
 _decode_header: Final = msgspec.msgpack.Decoder(_WireHeader).decode
+_decode_inner: Final = msgspec.msgpack.Decoder(_WireInner).decode
 _encode_wire: Final = msgspec.msgpack.Encoder().encode
 
 
@@ -575,20 +581,18 @@ def decrypt_unvalidated(v: Verified, *, nation: str, kem: KemKey) -> tuple[Any, 
         if len(key) != CONTENT_KEY_LEN:
             raise InvalidPacket()
         plaintext = AESGCM(key).decrypt(_NONCE, packet.ct, _aad_of(h))
-        # A closed schema, every map's key order and every value's type checked here (codec.decode's ``tree``).
-        inner = codec.decode(plaintext, max_size=MAX_PACKET_SIZE, tree=False)
-        if type(inner) is not dict or list(inner) != _INNER_FIELDS:
+        # Its closed schema checked in C, and re-encoding must give the plaintext back (the
+        # canonical form); any failure is the same opaque error, so no strict parse to fall back on.
+        inner = _decode_inner(plaintext)
+        if _encode_wire(inner) != plaintext:
             raise InvalidPacket()
-        salt, content_bytes, inner_sender = inner["salt"], inner["content"], inner["sender"]
-        if type(salt) is not bytes or len(salt) != 32 or type(content_bytes) is not bytes \
-                or type(inner_sender) is not dict or list(inner_sender) != _SENDER_FIELDS:
-            raise InvalidPacket()
+        salt, content_bytes = inner.salt, inner.content
         # The sender inside the encryption must be the signer: no re-signing or forwarding.
-        if inner_sender["cert"] != h.sender_cert or inner_sender["nation"] != h.sender \
+        if inner.sender.cert != h.sender_cert or inner.sender.nation != h.sender \
                 or not hmac.compare_digest(commitment(salt, content_bytes), h.commit):
             raise InvalidPacket()
         content = codec.decode(content_bytes, max_size=MAX_PACKET_SIZE)
-    except (InvalidTag, ValueError, DecodeError):
+    except (InvalidTag, ValueError, DecodeError, msgspec.MsgspecError):
         # One opaque error whatever failed: HPKE, AEAD, or the inner structure.
         raise InvalidPacket() from None
     return content, salt, content_bytes
