@@ -156,35 +156,6 @@ def test_recipient_cannot_readdress_to_another_nation(fed: Federation, trust: Tr
     assert fr.content == sample_alert()
 
 
-def test_forwarding_as_own_packet_is_detected(fed: Federation, trust: Trust) -> None:
-    """FR re-seals IT's decrypted plaintext (sender IT inside) under its own signature to US."""
-    raw = make(fed)
-    o = open_packet(raw, nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=NOW)
-    fr = fed.members["FR"]
-    # Build FR's own packet but with IT's inner plaintext, as a forwarder would.
-    forged = make(fed, sender="FR", to=("US",))
-    p = codec.decode(forged)
-    h = codec.decode(p["header"])
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    key = b"\x01" * 32
-    inner = codec.encode({"content": o.content_bytes, "salt": o.salt,
-                          "sender": {"nation": "IT", "cert": fed.members["IT"].officer_cert.fp}})
-    us = fed.members["US"].node_cert
-    p["ct"] = AESGCM(key).encrypt(bytes(12), inner, envelope._aad(h))
-    p["keys"] = [HYBRID.hpke().encrypt(key, us.kem.for_suite(HYBRID),  # type: ignore[union-attr]
-                                       info=envelope._info(HYBRID.id, h["id"], h["sender"], "US", us.fp))]
-    h["ct"] = hashlib.sha256(p["ct"]).digest()
-    h["to"][0]["wrap"] = hashlib.sha256(p["keys"][0]).digest()
-    h["commit"] = envelope.commitment(o.salt, o.content_bytes)
-    p["header"] = codec.encode(h)
-    p["sig"] = fr.officer.sign(signing_input("packet", p["header"]))
-    forwarded = codec.encode(p)
-    verify(forwarded, trust, NOW)  # FR may sign its own packet...
-    with pytest.raises(InvalidPacket):  # ...but the inner sender betrays the forwarding
-        opens(fed, trust, forwarded, "US")
-
-
 def _reseal_plaintext(fed: Federation, plaintext: bytes, salt: bytes, content_bytes: bytes) -> bytes:
     """FR's own packet to US, honestly signed, whose encrypted plaintext is ``plaintext`` exactly."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -202,6 +173,17 @@ def _reseal_plaintext(fed: Federation, plaintext: bytes, salt: bytes, content_by
     p["header"] = codec.encode(h)
     p["sig"] = fed.members["FR"].officer.sign(signing_input("packet", p["header"]))
     return codec.encode(p)
+
+
+def test_forwarding_as_own_packet_is_detected(fed: Federation, trust: Trust) -> None:
+    """FR re-seals IT's decrypted plaintext (sender IT inside) under its own signature to US."""
+    o = open_packet(make(fed), nation="FR", kem=fed.members["FR"].node_kem, trust=trust, now=NOW)
+    inner = codec.encode({"content": o.content_bytes, "salt": o.salt,
+                          "sender": {"nation": "IT", "cert": fed.members["IT"].officer_cert.fp}})
+    forwarded = _reseal_plaintext(fed, inner, o.salt, o.content_bytes)
+    verify(forwarded, trust, NOW)  # FR may sign its own packet...
+    with pytest.raises(InvalidPacket):  # ...but the inner sender betrays the forwarding
+        opens(fed, trust, forwarded, "US")
 
 
 _CONTENT = codec.encode(sample_alert())
