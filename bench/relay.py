@@ -71,6 +71,7 @@ def _seal_batch(args: tuple[int, int, int]) -> list[bytes]:
     for i in range(start, start + count):
         sender = NATIONS[i % 7]
         key, cert = signers[sender]
+        assert key is not None  # an officer key file holds a signing key
         out.append(envelope.seal(content, signer=key, signer_cert=cert, recipients=recipients,
                                  topic="alerts.entity.migrant_smuggling", now=now))
     return out

@@ -68,7 +68,7 @@ def seal_for(fed: Federation, sender: str, to: tuple[str, ...] | list[str], topi
 
 async def collect(client: HubClient, n: int, timeout: float = 10.0, ack: bool = True) -> list[Any]:
     """Receive ``n`` deliveries (acknowledging each), or fail after ``timeout`` seconds."""
-    out = []
+    out: list[Any] = []
     deadline = time.monotonic() + timeout
     while len(out) < n:
         remaining = deadline - time.monotonic()

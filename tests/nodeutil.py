@@ -15,6 +15,7 @@ from typing import Any
 
 from clients.node.config import parse_node_config
 from clients.node.service import NodeService
+from clients.node.store import NodeStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,13 @@ def make_node(nation: str, fed_dir: Path, url: str, tmp: Path, extra: str = "") 
     path = d / "node.toml"
     path.write_text(node_toml(nation, fed_dir, url, d / "store.db", extra))
     return NodeService(parse_node_config(path.read_text(), path))
+
+
+def shown(store: NodeStore, packet_id: str) -> dict[str, Any]:
+    """``store.show(packet_id)`` of a record the test knows is there."""
+    record = store.show(packet_id)
+    assert record is not None, f"{packet_id} is not in the store"
+    return record
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ from hub.protocol.federation import Federation
 from hub.server.app import RELAY
 
 from .hubutil import hub_config, running_hub
-from .nodeutil import make_node, running_nodes, until
+from .nodeutil import make_node, running_nodes, shown, until
 
 
 
@@ -77,7 +77,7 @@ async def test_publish_amend_withdraw_status(fed: Federation, fed_dir: Path, tmp
             nf.write_text(json.dumps(new, ensure_ascii=False))
             c = await as_json(it, "amend", a["id"], "--file", str(nf), "--reason", "More detail")
             assert c["to"] == ["DE", "FR"]
-            await until(lambda: de.show(a["id"])["status"] == "amended", what="the amendment")
+            await until(lambda: shown(de, a["id"])["status"] == "amended", what="the amendment")
             # Status: receipts from both recipients.
             async def receipts() -> bool:
                 return all(r["delivered"] for r in (await as_json(it, "status", a["id"]))["recipients"])
@@ -90,11 +90,11 @@ async def test_publish_amend_withdraw_status(fed: Federation, fed_dir: Path, tmp
             # Only the originator may withdraw (France tries Italy's alert).
             code, _, err = await run(fr, "withdraw", a["id"], "--reason", "not mine", "--to", "DE")
             assert code == 2 and "only the originator" in err  # refused before anything is sealed
-            assert de.show(a["id"])["status"] == "amended"
+            assert shown(de, a["id"])["status"] == "amended"
             # Italy withdraws.
             w = await as_json(it, "withdraw", a["id"], "--reason", "Source retracted")
             assert w["to"] == ["DE", "FR"]
-            await until(lambda: de.show(a["id"])["status"] == "withdrawn", what="the withdrawal")
+            await until(lambda: shown(de, a["id"])["status"] == "withdrawn", what="the withdrawal")
 
 
 async def test_dry_run_sends_nothing(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:

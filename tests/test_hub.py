@@ -354,8 +354,8 @@ async def test_a_backlog_goes_out_several_frames_per_write_intact_and_in_order(f
     assert sorted(d.packet for d in got) == sorted(sent)
 
 
-async def test_packets_are_checked_on_the_event_loop_when_idle_and_on_threads_in_a_burst(
-        fed: Federation, config, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_packets_are_checked_on_the_event_loop_when_idle_and_on_threads_in_a_burst(  # type: ignore[no-untyped-def]
+        fed: Federation, config, monkeypatch: pytest.MonkeyPatch) -> None:
     """Either way each packet gets its own answer: a burst of good and tampered packets."""
     from hub.server.app import RELAY
     from hub.server.relay import Relay

@@ -98,14 +98,14 @@ async def test_sigkill_mid_stream_loses_nothing(fed: Federation, fed_dir: Path, 
             hub.start()
         await asyncio.wait_for(asyncio.gather(*pubs), timeout=max(1, deadline - time.monotonic()))
         assert kills >= 1
-        expected = {c: {pid for i, p in enumerate(packets) if ALL[i % 7] != c
-                        for pid in [envelope.parse_packet(p).header.id]} for c in ALL}
-        while time.monotonic() < deadline and any(received[c].keys() != expected[c] for c in ALL):
+        expected = {nation: {pid for i, p in enumerate(packets) if ALL[i % 7] != nation
+                             for pid in [envelope.parse_packet(p).header.id]} for nation in ALL}
+        while time.monotonic() < deadline and any(received[n].keys() != expected[n] for n in ALL):
             await asyncio.sleep(0.2)
-        for c in ALL:
-            missing = expected[c] - received[c].keys()
-            assert not missing, f"{c} is missing {len(missing)} packets after {kills} kills"
-            assert received[c].keys() == expected[c]
+        for nation in ALL:
+            missing = expected[nation] - received[nation].keys()
+            assert not missing, f"{nation} is missing {len(missing)} packets after {kills} kills"
+            assert received[nation].keys() == expected[nation]
         # The log holds each packet exactly once, with gap-free indexes.
         assert sorted(accepted.values()) == list(range(n))
         redelivered = sum(deliveries.values()) - sum(len(r) for r in received.values())

@@ -7,6 +7,7 @@ import os
 import random
 import sqlite3
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,7 @@ async def test_a_coalesced_group_commit_writes_what_one_operation_at_a_time_writ
         try:
             for n in NATIONS:
                 await st.subscribe(n, "main", ("alerts.>",))
-            coros = []
+            coros: list[Coroutine[Any, Any, Any]] = []
             for kind, arg in ops:
                 if kind == "append":
                     coros.append(st.append(arg, 1_764_000_100))

@@ -16,7 +16,7 @@ from hub.protocol.federation import Federation
 from hub.protocol.suites import HYBRID
 
 from .hubutil import hub_config, node_client, running_hub, seal_for
-from .nodeutil import make_node, running_nodes, until
+from .nodeutil import make_node, running_nodes, shown, until
 
 
 
@@ -55,9 +55,9 @@ async def test_alert_freeze_amend_withdraw_search_lookup_receipts(fed: Federatio
             await it.publish(seal_for(fed, "IT", ["FR", "DE", "GB"], topic="control.amend",
                                       content=italian_amendment(alert_id)))
             await fr.publish(seal_for(fed, "FR", ["GB", "DE"], topic="control.amend", content=french_lift(freeze_id)))
-            await until(lambda: len(de.show(alert_id)["versions"]) == 2 and len(de.show(freeze_id)["versions"]) == 2,
+            await until(lambda: len(shown(de, alert_id)["versions"]) == 2 and len(shown(de, freeze_id)["versions"]) == 2,
                         what="DE applies both amendments")
-            rec = de.show(alert_id)
+            rec = shown(de, alert_id)
             assert rec["status"] == "amended" and len(rec["versions"]) == 2
             assert rec["content"]["severity"] == "critical"
             active = de.freezes(active_only=True)
@@ -70,9 +70,9 @@ async def test_alert_freeze_amend_withdraw_search_lookup_receipts(fed: Federatio
             # Withdrawal removes the record from search everywhere, and show marks it.
             await it.publish(seal_for(fed, "IT", ["FR", "DE", "GB"], topic="control.withdraw",
                                       content={"type": "withdraw", "ref": alert_id, "reason": "Source retracted"}))
-            await until(lambda: de.show(alert_id)["status"] == "withdrawn", what="withdrawal")
+            await until(lambda: shown(de, alert_id)["status"] == "withdrawn", what="withdrawal")
             assert all(h.packet_id != alert_id for h in de.search(ORGANISER))
-            assert de.show(alert_id)["status"] == "withdrawn"
+            assert shown(de, alert_id)["status"] == "withdrawn"
 
 
 async def test_filters_route_drop_and_notify(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
