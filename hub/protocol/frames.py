@@ -65,6 +65,8 @@ def encode_frame(t: str, **fields: Any) -> bytes:
     return codec.pack_as_is(out)
 
 
+# encode_deliver's own Packer, not codec.pack_as_is: it runs only on the hub's event loop, and
+# the per-thread lookup would cost 0.3 us of its 1.3 (seven deliveries per packet).
 _pack = msgpack.Packer(use_bin_type=True).pack
 
 
