@@ -389,3 +389,46 @@ async def test_packets_are_checked_on_the_event_loop_when_idle_and_on_threads_in
         else:
             assert isinstance(r, ProtocolError) and r.code == "invalid_packet", (i, r)
     assert sorted(r.index for r in results if not isinstance(r, BaseException)) == list(range(1, 21))
+
+
+@pytest.mark.parametrize("delay, frames_sent", [(0.5, 1), (0.0, 5)])
+async def test_acks_made_within_ack_delay_share_one_frame(fed: Federation, fed_dir: Path, tmp_path: Path, delay: float,
+                                                          frames_sent: int) -> None:
+    # A long ack timeout: nothing is sent again while the acks wait.
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db", limits={"ack_timeout": 60})) as (url, app):
+        async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url, ack_delay=delay) as fr:
+            await it.wait_connected()
+            await fr.wait_connected()
+            await fr.subscribe("main", [">"])
+            for _ in range(5):
+                await it.publish(seal_for(fed, "IT", ["FR"]))
+            got = await collect(fr, 5, ack=False)
+            assert fr._ws is not None
+            sent: list[bytes] = []
+            real_send = fr._ws.send_bytes
+
+            async def counting_send(data: bytes, *a: object, **kw: object) -> None:
+                sent.append(data)
+                await real_send(data, *a, **kw)  # type: ignore[arg-type]
+
+            fr._ws.send_bytes = counting_send  # type: ignore[method-assign]
+            for d in got:  # one ack per turn of the event loop, all within the delay
+                await fr.ack(d.sub, d.index)
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(delay + 0.3)
+            acks = [codec.decode(f) for f in sent]
+            assert len(acks) == frames_sent
+            assert sorted(i for a in acks for i in a["indexes"]) == [d.index for d in got]
+            # The hub took every one.
+            text = ""
+            deadline = time.monotonic() + 5
+            while "intelhub_acks_total 5.0" not in text and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+                    text = await r.text()
+            assert "intelhub_acks_total 5.0" in text
+
+
+def test_ack_delay_is_checked(fed: Federation) -> None:
+    with pytest.raises(ValueError, match="ack_delay must be 0-1 seconds"):
+        node_client(fed, "FR", "http://127.0.0.1:9", ack_delay=-1)
