@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from hub.migrations import migrate
 from hub.server import sqlite_store
 from hub.server.sqlite_store import SQLiteStorage
 from hub.server.storage import Appended, Conflict, NewPacket
@@ -28,11 +29,30 @@ def packet(i: int, rng: random.Random) -> NewPacket:
 
 
 def sql_scan(db: Path, nation: str, after: int, limit: int) -> list[int]:
+    """The nation's next ``limit`` packets after ``after``, by a plain query with no span bound."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return [r[0] for r in conn.execute(sqlite_store._SCAN, (nation, after, limit))]
+        return [r[0] for r in conn.execute("SELECT log_index FROM packet_recipients WHERE nation = ? AND log_index > ? "
+                                           "ORDER BY log_index LIMIT ?", (nation, after, limit))]
     finally:
         conn.close()
+
+
+def checked_scan(st: SQLiteStorage, db: Path, nation: str, after: int, limit: int) -> list[int]:
+    """``st.scan``, held to its contract against the database; the indexes it returned."""
+    found = st.scan(nation, after, limit)
+    got = [p.index for p in found.packets]
+    want = sql_scan(db, nation, after, limit)
+    ctx = (nation, after, limit, found.upto, found.end, st._mem_from)
+    assert found.upto >= after, ctx
+    # Never past what is committed: a packet committed later at an index it claimed would be skipped.
+    assert found.upto <= max(after, st.size() - 1), ctx
+    assert got == [i for i in want if i <= found.upto], ctx  # every packet up to where it looked
+    if found.end:
+        assert got == want and found.upto >= st.size() - 1, ctx
+    elif len(got) < limit:  # stopped short only at the end of a span read from disk
+        assert found.upto - after == sqlite_store._SPAN, ctx
+    return got
 
 
 async def test_scans_from_memory_equal_scans_of_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,9 +66,61 @@ async def test_scans_from_memory_equal_scans_of_the_database(tmp_path: Path, mon
             assert all(isinstance(r, Appended) and not r.duplicate for r in results)
             for _ in range(20):
                 nation, after, limit = rng.choice(NATIONS), rng.randint(-1, st.size()), rng.randint(1, 50)
-                got = [p.index for p in st.scan(nation, after, limit)]
-                assert got == sql_scan(db, nation, after, limit), (nation, after, limit, st._mem_from)
+                checked_scan(st, db, nation, after, limit)
         assert st._mem_from > 300, "the memory index was never trimmed: the test would not test it"
+    finally:
+        await st.close()
+
+
+async def test_a_subscriber_far_behind_moves_through_other_nations_packets_in_bounded_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "RECENT", 16)
+    monkeypatch.setattr(sqlite_store, "_SPAN", 8)
+    rng = random.Random(12)
+    db = tmp_path / "hub.db"
+    st = SQLiteStorage(db)
+    try:
+        items = [packet(i, rng) for i in range(200)]
+        # JP is a recipient of every 50th packet only, and of none of the others.
+        items = [NewPacket(p.packet_id, p.sender, p.signer, p.topic,
+                           ("JP",) if i % 50 == 7 else tuple(n for n in p.recipients if n != "JP") or ("FR",),
+                           p.created, p.expires, p.header, p.raw, p.digest) for i, p in enumerate(items)]
+        for b in range(0, 200, 20):
+            await st.append(items[b:b + 20], 1_764_000_100)
+        assert st._mem_from > 150, "the early packets must be read from disk"
+        seen, after, scans = [], -1, 0
+        while scans < 100:
+            scans += 1
+            got = checked_scan(st, db, "JP", after, 10)
+            seen += got
+            found = st.scan("JP", after, 10)
+            if found.end:
+                break
+            assert found.upto > after  # each step makes progress
+            after = found.upto
+        assert seen == [7, 57, 107, 157]
+        assert scans <= 200 // 8 + 2, scans
+    finally:
+        await st.close()
+
+
+async def test_a_database_of_the_first_schema_keeps_its_recipients(tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, sqlite_store.MIGRATIONS[:1], "hub")
+    for i, to in enumerate((("FR", "IT"), ("JP",), ("DE", "FR"))):
+        conn.execute("INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (i, b"%016d" % i, b"d" * 32, "IT", b"c" * 32, "alerts.x", 1, 2_000_000_000, 3, b"h%d" % i,
+                      b"l" * 32, b"r%d" % i))
+        conn.executemany("INSERT INTO packet_recipients (nation, log_index) VALUES (?, ?)", [(n, i) for n in to])
+    conn.close()
+    st = SQLiteStorage(db)
+    try:
+        assert [p.index for p in st.scan("FR", -1, 10).packets] == [0, 2]
+        assert [p.index for p in st.scan("JP", -1, 10).packets] == [1]
+        assert st.recipients(2) == ["DE", "FR"]
+        [more] = await st.append([packet(3, random.Random(13))], 1_764_000_100)
+        assert isinstance(more, Appended) and more.index == 3
     finally:
         await st.close()
 
@@ -66,11 +138,11 @@ async def test_a_reopened_store_scans_what_it_held(tmp_path: Path) -> None:
     st = SQLiteStorage(db)
     try:
         for nation in NATIONS:
-            assert [p.index for p in st.scan(nation, -1, 100)] == sql_scan(db, nation, -1, 100)
+            assert checked_scan(st, db, nation, -1, 100) == sql_scan(db, nation, -1, 100)
         more = await st.append([packet(100 + i, rng) for i in range(5)], 1_764_000_200)
         for nation in NATIONS:
-            assert [p.index for p in st.scan(nation, -1, 100)] == sql_scan(db, nation, -1, 100)
-            assert [p.index for p in st.scan(nation, 29, 100)] == sql_scan(db, nation, 29, 100)
+            assert checked_scan(st, db, nation, -1, 100) == sql_scan(db, nation, -1, 100)
+            assert checked_scan(st, db, nation, 29, 100) == sql_scan(db, nation, 29, 100)
         assert [r.index for r in more if isinstance(r, Appended)] == [30, 31, 32, 33, 34]
     finally:
         await st.close()

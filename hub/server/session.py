@@ -112,20 +112,24 @@ class Feed:
                 self.event.clear()
                 now = self.relay.now()
                 while len(self.inflight) < window:
-                    rows = self.relay.storage.scan(self.nation, self.scan_pos, window - len(self.inflight))
-                    if not rows:
+                    found = self.relay.storage.scan(self.nation, self.scan_pos, window - len(self.inflight))
+                    if found.upto <= self.scan_pos:
                         break
                     batch = []
                     sent = time.monotonic()
-                    for p in rows:
-                        self.scan_pos = p.index
+                    for p in found.packets:
                         if self.wanted(p, now):
                             self.inflight[p.index] = (sent, p.accepted_at)
                             batch.append(p)
                         else:
                             self.acked_above.discard(p.index)
+                    self.scan_pos = found.upto
                     if batch:
                         await self.session.deliver(self.name, batch)
+                    if found.end:
+                        break
+                    if not batch:
+                        await asyncio.sleep(0)  # a stretch of other nations' packets read from disk
                 self.window_full = len(self.inflight) >= window
                 # Resend what waited too long for its ack (the node may have lost it). ``inflight`` is in
                 # send order, so the scan stops at the first entry still within its time: O(expired).

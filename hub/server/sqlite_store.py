@@ -31,7 +31,7 @@ from hub.sqlrows import insert_rows, select_in
 from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
 
-from .storage import Appended, Conflict, NewPacket, StoredPacket, Subscription
+from .storage import Appended, Conflict, NewPacket, Scan, StoredPacket, Subscription
 
 MIGRATIONS: Final = [
     """
@@ -77,10 +77,28 @@ MIGRATIONS: Final = [
     );
     CREATE INDEX packets_purge ON packets (accepted_at) WHERE raw IS NOT NULL;
     """,
+    # Recipients keyed by log index first: a commit then writes the one rightmost page of the
+    # table instead of one page in each recipient nation's range (seven 16 KiB pages for a packet
+    # to the G7). Measured on one-packet commits: 730 -> 390 us, writer CPU 490 -> 240 us; in
+    # commits of 20, 110-120 -> 70-80 us per packet. Scans by nation read in bounded spans (_SPAN).
+    """
+    CREATE TABLE packet_recipients_by_index (
+        log_index INTEGER NOT NULL,
+        nation    TEXT NOT NULL,
+        PRIMARY KEY (log_index, nation)
+    ) WITHOUT ROWID;
+    INSERT INTO packet_recipients_by_index SELECT log_index, nation FROM packet_recipients;
+    DROP TABLE packet_recipients;
+    ALTER TABLE packet_recipients_by_index RENAME TO packet_recipients;
+    """,
 ]
 
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
-_SCAN: Final = "SELECT log_index FROM packet_recipients WHERE nation = ? AND log_index > ? ORDER BY log_index LIMIT ?"
+_SCAN: Final = ("SELECT log_index FROM packet_recipients WHERE log_index > ? AND log_index <= ? AND nation = ? "
+                "ORDER BY log_index LIMIT ?")
+#: Most log indexes one scan from disk looks through (a subscriber catching up reads the recipients
+#: table in index order, skipping other nations' packets: the work of one scan stays bounded).
+_SPAN: Final = 4096
 #: Recently appended packets kept in memory: live subscribers read them from here, not from disk.
 RECENT: Final[int] = 8192
 #: Page size of a new hub database. A packet row (a 2-20 KiB signed packet) fits in one 16 KiB page
@@ -149,6 +167,8 @@ class SQLiteStorage:
         # holding the old one still reads a consistent (at worst shorter) view.
         self._by_nation: dict[str, list[int]] = {}
         self._mem_from = self._next_index
+        #: The highest committed index whose packet is in ``_by_nation`` (or on disk below _mem_from).
+        self._committed = self._next_index - 1
         self.on_commit: Callable[[float, int], None] | None = None
 
     # -- the writer thread --------------------------------------------------
@@ -214,6 +234,7 @@ class SQLiteStorage:
                 if lst is None:
                     lst = by_nation[n] = []
                 lst.append(sp.index)
+            self._committed = sp.index  # after its lists: a scan reads this bound first
         self._uncommitted.clear()
         if len(self._recent) > RECENT + RECENT // 8:  # trim in steps, not per packet
             while len(self._recent) > RECENT:
@@ -236,7 +257,7 @@ class SQLiteStorage:
             pid: (index, header, accepted_at) for pid, index, header, accepted_at in select_in(
                 c, "SELECT packet_id, log_index, header, accepted_at FROM packets WHERE packet_id IN ({})", ids)}
         rows: list[tuple[Any, ...]] = []
-        recipients: list[tuple[str, int]] = []
+        recipients: list[tuple[int, str]] = []
         out: list[list[Appended | Conflict]] = []
         for op in ops:
             now, results = op.now, []
@@ -251,7 +272,7 @@ class SQLiteStorage:
                 held[p.packet_id] = (index, p.header, now)
                 rows.append((index, p.packet_id, p.digest, p.sender, p.signer, p.topic, p.created, p.expires, now,
                              p.header, leaf, p.raw))
-                recipients.extend((n, index) for n in p.recipients)
+                recipients.extend((index, n) for n in p.recipients)
                 self._uncommitted.append((StoredPacket(index, p.packet_id, p.sender, p.signer, p.topic, p.header,
                                                        now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 results.append(Appended(index, now, False))
@@ -316,16 +337,27 @@ class SQLiteStorage:
         and with the other acks of the same group commit here)."""
         await self._submit(_Ack(nation, name, indexes, cursor))
 
-    def scan(self, nation: str, after: int, limit: int) -> list[StoredPacket]:
-        # The list first, then the bound: the writer raises the bound before it trims, so a list read
-        # here covers every index from the bound read after it (read the other way round, a trim in
-        # between could hide packets).
+    def scan(self, nation: str, after: int, limit: int) -> Scan:
+        # The committed bound first, then the list, then the memory bound: the writer appends to the
+        # lists before it raises the committed bound, and raises the memory bound before it trims,
+        # so the list read here holds every index of the nation from the memory bound up to the
+        # committed bound (read the other way round, a trim or an append in between could hide packets).
+        committed = self._committed
         lst = self._by_nation.get(nation, [])
         if after + 1 >= self._mem_from:  # everything this scan can return is in memory
             start = bisect.bisect_right(lst, after)
             indexes = lst[start:start + limit]
+            if len(indexes) == limit:
+                upto, end = indexes[-1], False
+            else:  # the list may have grown since the bound was read: its indexes are committed too
+                upto, end = max(committed, indexes[-1] if indexes else after), True
         else:
-            indexes = [r[0] for r in self._r.execute(_SCAN, (nation, after, limit))]
+            hi = min(after + _SPAN, committed)
+            indexes = [r[0] for r in self._r.execute(_SCAN, (after, hi, nation, limit))]
+            if len(indexes) == limit:
+                upto, end = indexes[-1], False
+            else:
+                upto, end = hi, hi == committed
         recent = self._recent
         out = [recent.get(i) for i in indexes]
         if None in out:
@@ -333,7 +365,7 @@ class SQLiteStorage:
             found = {r[0]: StoredPacket(*r) for r in self._r.execute(
                 f"SELECT {_COLS} FROM packets WHERE log_index IN ({','.join('?' * len(missing))})", missing)}
             out = [p if p is not None else found.get(i) for i, p in zip(indexes, out)]
-        return [p for p in out if p is not None]
+        return Scan([p for p in out if p is not None], max(upto, after), end)
 
     def read_range(self, start: int, stop: int) -> list[StoredPacket]:
         rows = self._r.execute(

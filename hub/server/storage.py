@@ -57,6 +57,18 @@ class StoredPacket:
 
 
 @dataclass(frozen=True)
+class Scan:
+    """What :meth:`Storage.scan` found: every packet for the nation with ``after < index <= upto``,
+    in log order. ``upto`` may pass packets of other nations, so a subscriber far behind moves
+    through them in bounded steps rather than rereading them; ``end`` says nothing was committed
+    past ``upto`` when the scan looked."""
+
+    packets: list[StoredPacket]
+    upto: int
+    end: bool
+
+
+@dataclass(frozen=True)
 class Subscription:
     nation: str
     name: str
@@ -74,7 +86,7 @@ class Storage(Protocol):
 
     async def ack(self, nation: str, name: str, indexes: list[int], cursor: int) -> None: ...
 
-    def scan(self, nation: str, after: int, limit: int) -> list[StoredPacket]: ...
+    def scan(self, nation: str, after: int, limit: int) -> Scan: ...
 
     def read_range(self, start: int, stop: int) -> list[StoredPacket]: ...
 
