@@ -110,3 +110,20 @@ def test_threads_pack_and_decode_at_once_without_mixing_their_bytes() -> None:
     for t in threads:
         t.join(60)
     assert not errors
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 70000])
+@pytest.mark.parametrize("with_cert, with_proof", [(False, False), (True, True), (True, False), (False, True)])
+def test_deliver_frames_from_parts_equal_the_generic_canonical_encoding(size: int, with_cert: bool,
+                                                                        with_proof: bool) -> None:
+    from hub.protocol import frames
+
+    packet = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    cert = b"c" * 300 if with_cert else None
+    proof = {"v": 1, "time": 1_764_000_000, "size": 9, "path": ["aGFzaA=="]} if with_proof else None
+    parts = frames.deliver_parts("main", 70_000, packet, cert, codec.encode(proof) if proof else None)
+    assert any(p is packet for p in parts)  # the packet bytes themselves, not a copy
+    want = frames.encode_frame("deliver", sub="main", index=70_000, packet=packet, cert=cert, proof=proof)
+    assert b"".join(parts) == frames.encode_deliver("main", 70_000, packet, cert,
+                                                    codec.encode(proof) if proof else None) == want
+    assert codec.decode(want)["packet"] == packet

@@ -230,7 +230,7 @@ class Session:
         except (ConnectionError, RuntimeError):
             pass
 
-    def _deliver_frame(self, sub: str, p: StoredPacket) -> bytes:
+    def _deliver_frame(self, sub: str, p: StoredPacket) -> list[bytes]:
         cert = None
         if p.signer not in self.sent_certs:
             c = self.relay.trust.certs.get(p.signer)
@@ -238,15 +238,16 @@ class Session:
                 cert = c.raw
                 self.sent_certs.add(p.signer)
         proof = self.relay.hub_log.delivery_proof_bytes(p.index, p.accepted_at) if self.relay.hub_log else None
-        return frames.encode_deliver(sub, p.index, p.raw, cert, proof)  # type: ignore[arg-type]
+        return frames.deliver_parts(sub, p.index, p.raw, cert, proof)  # type: ignore[arg-type]
 
     async def deliver(self, sub: str, packets: list[StoredPacket]) -> None:
         await self._send([self._deliver_frame(sub, p) for p in packets])
         self.relay.metrics.delivered.inc(len(packets))
 
-    async def _send(self, datas: list[bytes], now: bool = False) -> None:
-        """Queue frames for the socket; everything queued in one turn of the event loop goes out in
-        one write (the WebSocket frames byte for byte as separate sends would write them).
+    async def _send(self, datas: list[bytes] | list[list[bytes]], now: bool = False) -> None:
+        """Queue frames for the socket, each given whole or as pieces to join; everything queued in
+        one turn of the event loop goes out in one write (the WebSocket frames byte for byte as
+        separate sends would write them).
 
         Each write to a socket costs a system call and, worse under load, a wait to take the GIL
         back: a burst of ACCEPTED answers and deliveries to one node costs one write, not dozens.
@@ -256,14 +257,18 @@ class Session:
         if direct is None:
             async with self._send_lock:
                 for data in datas:
-                    await self.ws.send_bytes(data)
+                    await self.ws.send_bytes(data if isinstance(data, bytes) else b"".join(data))
             return
         writer, transport = direct
         if transport.is_closing():
             raise ConnectionResetError("connection closing")
         out = self._out
         for data in datas:
-            out += (_binary_frame_header(len(data)), data)
+            if isinstance(data, bytes):
+                out += (_binary_frame_header(len(data)), data)
+            else:
+                out.append(_binary_frame_header(sum(map(len, data))))
+                out += data
         if now:
             self._flush_now()
         elif not self._flush_scheduled:
