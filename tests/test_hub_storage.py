@@ -99,6 +99,8 @@ async def test_a_subscriber_far_behind_moves_through_other_nations_packets_in_bo
             assert found.upto > after  # each step makes progress
             after = found.upto
         assert seen == [7, 57, 107, 157]
+        empty = st.scan("JP", 3, 0)
+        assert (empty.packets, empty.upto, empty.end) == ([], 3, False)
         assert scans <= 200 // 8 + 2, scans
     finally:
         await st.close()

@@ -342,6 +342,8 @@ class SQLiteStorage:
         # lists before it raises the committed bound, and raises the memory bound before it trims,
         # so the list read here holds every index of the nation from the memory bound up to the
         # committed bound (read the other way round, a trim or an append in between could hide packets).
+        if limit < 1:
+            return Scan([], after, False)
         committed = self._committed
         lst = self._by_nation.get(nation, [])
         if after + 1 >= self._mem_from:  # everything this scan can return is in memory
