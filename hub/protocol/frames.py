@@ -65,7 +65,7 @@ def encode_frame(t: str, **fields: Any) -> bytes:
     return codec.pack_as_is(out)
 
 
-# encode_deliver's own Packer, not codec.pack_as_is: it runs only on the hub's event loop, and
+# deliver_parts' own Packer, not codec.pack_as_is: it runs only on the hub's event loop, and
 # the per-thread lookup would cost 0.3 us of its 1.3 (seven deliveries per packet).
 _pack = msgpack.Packer(use_bin_type=True).pack
 
@@ -91,11 +91,6 @@ def deliver_parts(sub: str, index: int, packet: bytes, cert: bytes | None, proof
     parts += [_K_SUB, _pack(sub), _T_DELIVER]
     parts[0] = _FIXMAP[n]  # a fixmap: at most 6 entries
     return parts
-
-
-def encode_deliver(sub: str, index: int, packet: bytes, cert: bytes | None, proof: bytes | None) -> bytes:
-    """:func:`deliver_parts`, joined."""
-    return b"".join(deliver_parts(sub, index, packet, cert, proof))
 
 
 def _bin_header(n: int) -> bytes:

@@ -346,20 +346,19 @@ class SQLiteStorage:
             return Scan([], after, False)
         committed = self._committed
         lst = self._by_nation.get(nation, [])
-        if after + 1 >= self._mem_from:  # everything this scan can return is in memory
+        in_memory = after + 1 >= self._mem_from  # everything this scan can return is in memory
+        if in_memory:
             start = bisect.bisect_right(lst, after)
             indexes = lst[start:start + limit]
-            if len(indexes) == limit:
-                upto, end = indexes[-1], False
-            else:  # the list may have grown since the bound was read: its indexes are committed too
-                upto, end = max(committed, indexes[-1] if indexes else after), True
         else:
             hi = min(after + _SPAN, committed)
             indexes = [r[0] for r in self._r.execute(_SCAN, (after, hi, nation, limit))]
-            if len(indexes) == limit:
-                upto, end = indexes[-1], False
-            else:
-                upto, end = hi, hi == committed
+        if len(indexes) == limit:
+            upto, end = indexes[-1], False
+        elif in_memory:  # the list may have grown since the bound was read: its indexes are committed too
+            upto, end = max(committed, indexes[-1] if indexes else after), True
+        else:
+            upto, end = hi, hi == committed
         recent = self._recent
         out = [recent.get(i) for i in indexes]
         if None in out:
