@@ -3,7 +3,9 @@
 In the same run, a bare aiohttp WebSocket relay (no checks, no disk) serves as the
 baseline. Prints accepted packets/s, publish->ACCEPTED and publish->delivered
 p50/p99, hub CPU per packet, and its ratio to the floor = hybrid verify cost +
-the baseline's CPU per relayed packet (one receive, seven sends).
+the baseline's CPU per relayed packet (one receive, seven sends). The bare relay's own
+latencies at the same offered rate are printed beside the hub's: on this shared machine they
+tell how much of a p99 is the machine's rather than the hub's.
 Goals: >= 2,000 packets/s; hub CPU/packet <= 1.5 x floor; ACCEPTED p99 <= 10 ms at 500/s.
 
     .venv/bin/python bench/relay.py [--packets 6000] [--rate 500] [--seconds 6]
@@ -234,7 +236,9 @@ async def baseline_server(port_file: Path) -> None:
     await asyncio.Event().wait()
 
 
-async def run_baseline(packets: list[bytes], tmp: Path) -> float:
+async def run_baseline(packets: list[bytes], tmp: Path, rate: float | None = None) -> dict[str, float]:
+    """The bare relay's CPU per packet (unpaced), or its latencies at ``rate``/s: the same
+    machine's own share of the hub's latency, measured in the same run."""
     port_file = tmp / "baseline.port"
     port_file.unlink(missing_ok=True)  # from the run before this one
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", str(port_file)], cwd=ROOT)
@@ -249,30 +253,47 @@ async def run_baseline(packets: list[bytes], tmp: Path) -> float:
             pub = await s.ws_connect(url, max_msg_size=2 << 20)
             await asyncio.sleep(0.2)
             got = 0
+            # The relay keeps order: the k-th message on every socket answers the k-th packet.
+            sent: list[float] = []
+            answered: list[float] = []
+            delivered: list[float] = []
+            window = asyncio.Semaphore(256)
+
+            async def answers() -> None:
+                async for _ in pub:
+                    answered.append(time.perf_counter() - sent[len(answered)])
+                    window.release()
 
             async def drain(w: aiohttp.ClientWebSocketResponse) -> None:
                 nonlocal got
+                k = 0
                 async for _ in w:
+                    delivered.append(time.perf_counter() - sent[k])
+                    k += 1
                     got += 1
 
-            drains = [asyncio.create_task(drain(w)) for w in subs]
+            readers = [asyncio.create_task(drain(w)) for w in subs] + [asyncio.create_task(answers())]
             cpu0 = cpu_seconds(proc.pid)
-            window = 256
-            inflight = 0
-            for raw in packets:
+            t_start = time.perf_counter()
+            for i, raw in enumerate(packets):
+                await window.acquire()
+                if rate:
+                    delay = t_start + i / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                sent.append(time.perf_counter())
                 await pub.send_bytes(raw)
-                inflight += 1
-                if inflight >= window:
-                    await pub.receive()
-                    inflight -= 1
-            for _ in range(inflight):
-                await pub.receive()
-            while got < len(packets) * len(NATIONS):
+            deadline = time.monotonic() + 60
+            while (got < len(packets) * len(NATIONS) or len(answered) < len(packets)) and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            if got < len(packets) * len(NATIONS) or len(answered) < len(packets):
+                raise SystemExit(f"the bare relay answered {len(answered)} and delivered {got} of "
+                                 f"{len(packets)} packets in 60 s")
             cpu = cpu_seconds(proc.pid) - cpu0
-            for d in drains:
-                d.cancel()
-            return cpu / len(packets)
+            for r in readers:
+                r.cancel()
+            return {"cpu_per_packet": cpu / len(packets), "acc_p50": pct(answered, 50), "acc_p99": pct(answered, 99),
+                    "del_p50": pct(delivered, 50), "del_p99": pct(delivered, 99)}
     finally:
         proc.kill()
         proc.wait()
@@ -302,7 +323,7 @@ async def main_async(args: argparse.Namespace) -> None:
         # The floor is measured before and after the hub's run and averaged: this machine's speed
         # drifts by tens of percent over a minute, and one measurement taken at another moment
         # than the hub's run swung the ratio from 2.5 to 3.8 between otherwise equal runs.
-        verifies, bases = [verify_floor(burst)], [await run_baseline(burst, tmp)]
+        verifies, bases = [verify_floor(burst)], [(await run_baseline(burst, tmp))["cpu_per_packet"]]
         proc, url = start_hub(tmp)
         try:
             await asyncio.sleep(0.5)
@@ -312,7 +333,8 @@ async def main_async(args: argparse.Namespace) -> None:
             # SIGINT lets a profiler wrapping the hub write its output; the hub drains on it too.
             proc.send_signal(signal.SIGINT)
             proc.wait(30)
-        bases.append(await run_baseline(burst, tmp))
+        bases.append((await run_baseline(burst, tmp))["cpu_per_packet"])
+        bare = await run_baseline(paced, tmp, float(args.rate))
     verifies.append(verify_floor(burst))
     verify, base = statistics.mean(verifies), statistics.mean(bases)
     floor = verify + base
@@ -335,6 +357,9 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"  at {args.rate}/s offered ({lat['n']} packets): publish->ACCEPTED p50 {lat['acc_p50'] * 1e3:.1f} ms "
           f"p99 {lat['acc_p99'] * 1e3:.1f} ms (goal <= 10);  publish->delivered p50 {lat['del_p50'] * 1e3:.1f} ms "
           f"p99 {lat['del_p99'] * 1e3:.1f} ms")
+    print(f"    the bare relay at {args.rate}/s, same packets: answer p50 {bare['acc_p50'] * 1e3:.1f} ms "
+          f"p99 {bare['acc_p99'] * 1e3:.1f} ms;  delivered p50 {bare['del_p50'] * 1e3:.1f} ms "
+          f"p99 {bare['del_p99'] * 1e3:.1f} ms   (this machine's own share, no checks, no disk)")
     print(f"  unpaced: publish->ACCEPTED p50 {thr['acc_p50'] * 1e3:.1f} ms p99 {thr['acc_p99'] * 1e3:.1f} ms; "
           f"delivered p50 {thr['del_p50'] * 1e3:.1f} ms p99 {thr['del_p99'] * 1e3:.1f} ms")
 
