@@ -300,3 +300,156 @@ async def test_a_coalesced_group_commit_writes_what_one_operation_at_a_time_writ
     a, b = _dump(tmp_path / "a.db"), _dump(tmp_path / "b.db")
     assert a == b
     assert a["acks"] and {c for _, _, c in a["subscriptions"]} == {4, -1}
+
+
+# -- purge: a packet body is dropped only once nobody is owed it ------------------------------------------
+
+ACCEPTED = 1_764_000_100  # when the purge tests' packets are accepted
+
+
+def addressed(i: int, to: tuple[str, ...], topic: str = "alerts.x", expires: int = 1_764_999_999) -> NewPacket:
+    header = b"header-%d" % i
+    return NewPacket(os.urandom(16), "IT", b"c" * 32, topic, to, 1_764_000_000, expires, header,
+                     header + b"-raw", b"d" * 32)
+
+
+async def appended(st: SQLiteStorage, items: list[NewPacket]) -> list[int]:
+    results = await st.append(items, ACCEPTED)
+    assert all(isinstance(r, Appended) and not r.duplicate for r in results)
+    return [r.index for r in results]
+
+
+def bodies(st: SQLiteStorage, nation: str) -> dict[int, bytes | None]:
+    """The nation's packets and their bodies, as a scan sees them; read_range and get see the same."""
+    found = st.scan(nation, -1, 100)
+    assert found.end
+    out = {p.index: p.raw for p in found.packets}
+    for p in found.packets:
+        [row] = st.read_range(p.index, p.index + 1)
+        held = st.get(p.packet_id)
+        assert held is not None and row.raw == held.raw == p.raw, p.index
+    return out
+
+
+def raw_of(i: int) -> bytes:
+    return b"header-%d-raw" % i
+
+
+async def test_purge_waits_for_every_subscription_of_a_recipient_its_topic_matches(tmp_path: Path) -> None:
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "alerts", ("alerts.>",))
+        assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",))]) == [0, 1]
+        # Subscribed after the packets were accepted: it starts below them, so it is owed them too
+        # (an archiving node of FR, say, offline right now).
+        await st.subscribe("FR", "archive", (">",))
+        await st.ack("FR", "alerts", [], 1)  # FR's first subscription took both
+        await st.ack("FR", "archive", [1], -1)  # the second acknowledged index 1 only (above its cursor)
+        assert await st.purge(ACCEPTED + 100, 10) == 1, "purged a packet FR/archive never acknowledged"
+        assert bodies(st, "FR") == {0: raw_of(0), 1: None}
+        await st.ack("FR", "archive", [], 0)  # its cursor reaches index 0
+        assert await st.purge(ACCEPTED + 100, 10) == 1
+        assert bodies(st, "FR") == {0: None, 1: None}
+        assert await st.purge(ACCEPTED + 100, 10) == 0
+    finally:
+        await st.close()
+
+
+async def test_purge_holds_a_packet_only_for_subscriptions_its_topic_matches(tmp_path: Path) -> None:
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "alerts", ("alerts.>",))
+        await st.subscribe("FR", "reports", ("reports.>",))
+        await st.subscribe("IT", "all", (">",))  # not a recipient: never owed FR's packets
+        assert await appended(st, [addressed(0, ("FR",), "alerts.x"), addressed(1, ("FR",), "reports.y")]) == [0, 1]
+        # FR/alerts' cursor passes both (the feed skips what its patterns do not match); FR/reports
+        # and IT/all acknowledge nothing.
+        await st.ack("FR", "alerts", [0], 1)
+        assert await st.purge(ACCEPTED + 100, 10) == 1
+        # alerts.x was owed to FR/alerts only; reports.y is still owed to FR/reports, whose patterns
+        # match it (FR/alerts' cursor passing it says nothing: it was never FR/alerts' to take).
+        assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
+        await st.ack("FR", "reports", [1], -1)
+        assert await st.purge(ACCEPTED + 100, 10) == 1
+        assert bodies(st, "FR") == {0: None, 1: None}
+    finally:
+        await st.close()
+
+
+async def test_purge_owes_a_recipient_nation_without_a_subscription_until_the_packet_expires(tmp_path: Path) -> None:
+    expires = ACCEPTED + 1000
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        assert await appended(st, [addressed(0, ("DE", "FR"), expires=expires)]) == [0]
+        await st.ack("FR", "main", [], 0)
+        # DE has not subscribed yet (its node was never connected): it would be delivered the packet.
+        assert await st.purge(ACCEPTED + 100, 10) == 0
+        assert await st.purge(expires, 10) == 0  # expires at that second, not before
+        assert bodies(st, "DE") == {0: raw_of(0)}
+        assert await st.purge(expires + 1, 10) == 1
+        assert bodies(st, "DE") == bodies(st, "FR") == {0: None}
+    finally:
+        await st.close()
+
+
+async def test_purge_keeps_every_body_through_retention_and_drops_expired_ones_after_it(tmp_path: Path) -> None:
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        # 0: acknowledged; 1: never acknowledged, expires 50 s after its acceptance; 2: already expired
+        # when the retention of 10 s ends.
+        assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",), expires=ACCEPTED + 50),
+                                   addressed(2, ("FR",), expires=ACCEPTED + 5)]) == [0, 1, 2]
+        await st.ack("FR", "main", [0], -1)
+        for now in (ACCEPTED, ACCEPTED + 8, ACCEPTED + 10):  # within retention (accepted at the cutoff included)
+            assert await st.purge(now, 10) == 0, now
+        assert bodies(st, "FR") == {0: raw_of(0), 1: raw_of(1), 2: raw_of(2)}
+        assert await st.purge(ACCEPTED + 11, 10) == 2  # the acknowledged one and the expired one
+        assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: None}
+        assert await st.purge(ACCEPTED + 50, 10) == 0  # 1 expires at that second
+        assert await st.purge(ACCEPTED + 51, 10) == 1  # expired: purged, unacknowledged
+        assert bodies(st, "FR") == {0: None, 1: None, 2: None}
+    finally:
+        await st.close()
+
+
+async def test_memory_index_stays_bounded_while_purges_empty_the_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Purges take packets out of the cache of recent packets; the per-nation index lists and the
+    # memory bound must still be trimmed (they were trimmed by the size of the cache: never, here).
+    recent = 16
+    monkeypatch.setattr(sqlite_store, "RECENT", recent)
+    rng = random.Random(14)
+    db = tmp_path / "hub.db"
+    st = SQLiteStorage(db)
+    try:
+        for n in NATIONS:
+            await st.subscribe(n, "main", (">",))
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            for b in range(40):  # 200 packets, 12 times RECENT
+                now = ACCEPTED + b * 10
+                results = await st.append([packet(b * 5 + i, rng) for i in range(5)], now)
+                last = max(r.index for r in results)
+                for n in NATIONS:
+                    await st.ack(n, "main", [], last)
+                purged = await st.purge(now + 1, 0)  # retention short against the traffic
+                assert purged == 5 and not st._recent, (b, purged, len(st._recent))
+                for n, lst in st._by_nation.items():
+                    assert len(lst) <= recent + recent // 8, (b, n, len(lst))
+                    assert not lst or lst[0] >= st._mem_from, (b, n, lst, st._mem_from)
+                span = st._committed + 1 - st._mem_from  # what memory answers for, the lists' bound
+                assert span <= recent + recent // 8, (b, span)
+                for _ in range(10):
+                    nation, after, limit = rng.choice(NATIONS), rng.randint(-1, st.size()), rng.randint(1, 30)
+                    checked_scan(st, db, nation, after, limit)
+                # What a scan returns is what the disk holds, bodies included (all purged here).
+                found = st.scan(rng.choice(NATIONS), max(-1, st.size() - 20), 20)
+                on_disk = dict(conn.execute(f"SELECT log_index, raw FROM packets WHERE log_index > {st.size() - 21}"))
+                assert all(p.raw is None and on_disk[p.index] is None for p in found.packets)
+        finally:
+            conn.close()
+        assert st._mem_from > 150, "the memory index was never trimmed: the test would not test it"
+    finally:
+        await st.close()

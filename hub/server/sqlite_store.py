@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 import json
@@ -30,6 +31,7 @@ from hub.migrations import migrate
 from hub.sqlrows import insert_rows, select_in
 from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
+from hub.protocol.topics import any_match_cached
 
 from .storage import Appended, Conflict, NewPacket, Scan, StoredPacket, Subscription
 
@@ -133,6 +135,16 @@ def _row(r: tuple[Any, ...]) -> StoredPacket:
     return StoredPacket(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9])
 
 
+@functools.lru_cache(maxsize=1024)
+def _patterns(stored: str) -> tuple[str, ...]:
+    return tuple(json.loads(stored))
+
+
+def _topic_matches(stored_patterns: str, topic: str) -> bool:
+    """SQL ``topic_matches(subscriptions.patterns, packets.topic)``: purge asks which subscriptions owe a packet."""
+    return any_match_cached(_patterns(stored_patterns), topic)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL: only a new, empty file takes it
@@ -149,6 +161,7 @@ class SQLiteStorage:
             raise StoreError(f"{self.path.parent}: directory for the hub database does not exist")
         try:
             self._w = _connect(self.path)
+            self._w.create_function("topic_matches", 2, _topic_matches, deterministic=True)
             migrate(self._w, MIGRATIONS, "hub")
             self._r = _connect(self.path)
         except sqlite3.Error as exc:
@@ -236,10 +249,13 @@ class SQLiteStorage:
                 lst.append(sp.index)
             self._committed = sp.index  # after its lists: a scan reads this bound first
         self._uncommitted.clear()
-        if len(self._recent) > RECENT + RECENT // 8:  # trim in steps, not per packet
-            while len(self._recent) > RECENT:
-                self._recent.popitem(last=False)
-            first = next(iter(self._recent))
+        # Memory holds the last RECENT indexes, trimmed in steps rather than per packet. Bounded by
+        # index, not by what the cache holds: purge takes packets from the cache, not from the lists.
+        if self._committed + 1 - self._mem_from > RECENT + RECENT // 8:
+            first = self._committed + 1 - RECENT
+            recent = self._recent
+            while recent and next(iter(recent)) < first:
+                recent.popitem(last=False)
             self._mem_from = first  # raised before any list loses an index below it
             for n, lst in list(by_nation.items()):
                 by_nation[n] = lst[bisect.bisect_left(lst, first):]
@@ -337,6 +353,9 @@ class SQLiteStorage:
         and with the other acks of the same group commit here)."""
         await self._submit(_Ack(nation, name, indexes, cursor))
 
+    def subscription_names(self, nation: str) -> list[str]:
+        return [r[0] for r in self._r.execute("SELECT name FROM subscriptions WHERE nation = ? ORDER BY name", (nation,))]
+
     def scan(self, nation: str, after: int, limit: int) -> Scan:
         # The committed bound first, then the list, then the memory bound: the writer appends to the
         # lists before it raises the committed bound, and raises the memory bound before it trims,
@@ -402,28 +421,34 @@ class SQLiteStorage:
         return [(r[0], r[1]) for r in self._r.execute("SELECT key, data FROM blobs WHERE kind = ? ORDER BY added, key", (kind,))]
 
     async def purge(self, now: int, retention: int) -> int:
-        """Drop packet bodies kept past retention once every recipient acknowledged (or they expired)."""
+        """Drop packet bodies accepted more than ``retention`` seconds ago that nobody is owed any
+        more: expired, or acknowledged by every subscription of every recipient nation whose
+        patterns match the topic. A recipient nation with no subscription yet is still owed it."""
 
         def op(c: sqlite3.Connection) -> int:
             cur = c.execute(
                 """
                 UPDATE packets SET raw = NULL
                 WHERE raw IS NOT NULL AND accepted_at < :cutoff AND (expires < :now OR NOT EXISTS (
-                    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND NOT EXISTS (
-                        SELECT 1 FROM subscriptions s WHERE s.nation = r.nation AND (
-                            s.cursor >= r.log_index OR EXISTS (
-                                SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
-                                AND a.log_index = r.log_index)))))
+                    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND (
+                        NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.nation = r.nation)
+                        OR EXISTS (
+                            SELECT 1 FROM subscriptions s WHERE s.nation = r.nation
+                            AND s.cursor < r.log_index AND topic_matches(s.patterns, packets.topic)
+                            AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
+                                            AND a.log_index = r.log_index)))))
                 """,
                 {"cutoff": now - retention, "now": now},
             )
+            if cur.rowcount:
+                # On this thread, the only one that changes the cache (a scan that still finds a purged
+                # packet in it before the commit reads what the disk holds until then).
+                for index in [i for i, p in self._recent.items() if p.raw is not None and p.accepted_at < cutoff]:
+                    self._recent.pop(index, None)
             return cur.rowcount
 
+        cutoff = now - retention
         purged: int = await self._submit(op)
-        if purged:
-            cutoff = now - retention
-            for index in [i for i, p in list(self._recent.items()) if p.accepted_at < cutoff]:
-                del self._recent[index]
         return purged
 
     async def close(self) -> None:
