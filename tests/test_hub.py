@@ -311,6 +311,7 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
     from hub.protocol.errors import ConfigError
     from hub.server.config import parse_config
 
+    base = f'[hub]\nlisten = "127.0.0.1:0"\nkey = "{fed_dir}/hub/hub.key"\ntrust = "{fed_dir}"\ndatabase = "x.db"\n'
     cases = {
         f'[hub]\nlisten = "127.0.0.1"\nkey = "{fed_dir}/hub/hub.key"\ntrust = "{fed_dir}"\ndatabase = "x.db"\n': "hub.listen",
         '[hub]\nlisten = "127.0.0.1:0"\n': "hub.key: missing",
@@ -323,6 +324,12 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
         f'[hub]\nlisten = "127.0.0.1:0"\nkey = "{fed_dir}/hub/hub.key"\ntrust = "{fed_dir}"\ndatabase = "x.db"\n'
         '[topics.FR]\npublish = ["a.>.b"]\n': "topics.FR.publish",
         "[hub\n": "not valid TOML",
+        # Values the protocol or SQLite could not honour: refused at start, naming the field.
+        base + "[retention]\ndays = 1e308\n": "retention.days: at most 3660",
+        base + "[retention]\ndays = 1e300\n": "retention.days: at most 3660",
+        base.replace("[hub]\n", "[hub]\nverify_threads = -4\n"): "hub.verify_threads",
+        base + "[limits]\nmax_packet_bytes = 16777216\n": "limits.max_packet_bytes: at most 1048576",
+        base + "[limits]\nmax_recipients = 1000\n": "limits.max_recipients: at most 64",
     }
     for text, expected in cases.items():
         with pytest.raises(ConfigError) as exc:

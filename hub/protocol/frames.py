@@ -109,7 +109,7 @@ _FIXMAP = [bytes([0x80 | n]) for n in range(16)]
 
 def decode_frame(data: bytes, allowed: frozenset[str], *, max_size: int = MAX_FRAME) -> dict[str, Any]:
     """Decode one frame whose type must be in ``allowed``; the schema is checked field by field."""
-    f = codec.decode(data, max_size=max_size, max_items=256)
+    f = codec.decode(data, max_size=max_size, max_items=MAX_ACKS)  # an ack frame's list is the longest
     if type(f) is not dict:
         raise DecodeError("frame: must be a map")
     t = f.get("t")

@@ -47,6 +47,11 @@ class Trust:
         self._superseded = None
         return cert
 
+    def forget_certificate(self, fp: bytes) -> None:
+        """Undo :meth:`add_certificate` (the hub could not store it: it is learnt again next time)."""
+        if self.certs.pop(fp, None) is not None:
+            self._superseded = None
+
     def add_certificates(self, raws: Iterable[bytes]) -> None:
         for raw in raws:
             self.add_certificate(raw)

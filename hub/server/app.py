@@ -27,6 +27,9 @@ from .relay import Relay
 from .session import Session
 from .sqlite_store import SQLiteStorage
 
+#: Seconds a session gets to take its close frame at shutdown before its connection is cut.
+SHUTDOWN_CLOSE_TIMEOUT = 2.0
+
 log = logging.getLogger("intelhub.hub")
 
 RELAY = web.AppKey("relay", Relay)
@@ -89,7 +92,7 @@ async def publish_handler(request: web.Request) -> web.Response:
         if type(f) is not dict or not {"packet"} <= f.keys() <= {"packet", "cert"} \
                 or type(f["packet"]) is not bytes or type(f.get("cert", b"")) is not bytes:
             raise DecodeError("body must be a map of packet (bytes) and optionally cert (bytes)")
-        a = await relay.publish(f["packet"], nation=None, cert=f.get("cert"), rate_key=f"http:{request.remote}")
+        a = await relay.publish(f["packet"], nation=None, cert=f.get("cert"), address=request.remote or "unknown")
     except DecodeError as exc:
         return _json({"code": "malformed", "reason": str(exc)}, 400)
     except ProtocolError as exc:
@@ -120,7 +123,8 @@ async def revocations_handler(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     relay = request.app[RELAY]
-    return _json({"status": "ok", "log_size": relay.storage.size(), "sessions": len(request.app[SESSIONS])})
+    sessions = sum(len(s) for s in relay.sessions_by_nation.values())  # authenticated ones
+    return _json({"status": "ok", "log_size": relay.storage.size(), "sessions": sessions})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -134,6 +138,7 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         trust = load_trust_dir(config.trust)
+        config.check_nations(trust.roster.nations)
         keys = load_private_keys(config.key)
         if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
             raise KeyFileError(f"{config.key}: not the hub key named in the roster")
@@ -157,11 +162,15 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
             await storage.close()
 
     async def on_shutdown(app: web.Application) -> None:
-        for s in list(app[SESSIONS]):
+        async def close(s: Session) -> None:
             try:
-                await s.close(WSCloseCode.GOING_AWAY, b"hub shutting down")
-            except Exception:
-                pass
+                async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT):
+                    await s.close(WSCloseCode.GOING_AWAY, b"hub shutting down")
+            except Exception:  # a peer that stopped reading cannot take the close frame: cut it off
+                s.abort()
+
+        # All at once: one peer that stopped reading must not hold up the others' close, or the exit.
+        await asyncio.gather(*(close(s) for s in list(app[SESSIONS])))
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

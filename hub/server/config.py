@@ -1,7 +1,7 @@
 """The hub's TOML configuration: parsed, validated, and every error names its field.
 
-Relative paths are relative to the configuration file. See ``docs/hub.md`` and
-``examples/hub.toml``.
+Relative paths are relative to the configuration file. See ``examples/hub.toml``
+(every field, with its meaning) and ``docs/protocol.md`` §8 (what the limits bound).
 """
 
 from __future__ import annotations
@@ -10,14 +10,20 @@ import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, Final
 
 from hub.confpath import config_path, exists, read_config
+from hub.protocol.envelope import MAX_PACKET_SIZE, MAX_RECIPIENTS
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
 DEFAULT_PUBLISH: Final = ("alerts.>", "notices.>", "receipts.>", "control.>", "witness.>")
 DEFAULT_SUBSCRIBE: Final = (">",)
+#: Longest retention the hub accepts (ten years): beyond it, the purge cutoff overflows SQLite.
+MAX_RETENTION_DAYS: Final = 3660
+#: Most verify threads: more than cores only adds GIL hand-offs.
+MAX_VERIFY_THREADS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,9 @@ class Limits:
     ack_timeout: float = 30.0
     auth_timeout: float = 10.0
     max_sessions_per_nation: int = 16
+    #: Durable subscriptions a nation may hold: each is a row kept for good, a feed that wakes on
+    #: every packet for the nation while connected, and a metric series.
+    max_subscriptions_per_nation: int = 64
     max_pending_publishes: int = 512
     idle_timeout: float = 120.0
 
@@ -59,6 +68,14 @@ class HubConfig:
 
     def subscribe_patterns(self, nation: str) -> tuple[str, ...]:
         return self.subscribe.get(nation, self.default_subscribe)
+
+    def check_nations(self, roster_nations: Collection[str]) -> None:
+        """Per-nation topic rules must name roster nations (a typo would silently apply the defaults)."""
+        for table, rules in (("publish", self.publish), ("subscribe", self.subscribe)):
+            for nation in rules:
+                if nation not in roster_nations:
+                    raise ConfigError(f"topics.{nation}.{table}: {nation} is not a nation of the roster "
+                                      f"({', '.join(sorted(roster_nations))})")
 
 
 def _check_keys(d: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -138,14 +155,22 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     for name, f in defaults.__dataclass_fields__.items():
         typ = (int, float) if isinstance(getattr(defaults, name), float) else int
         values[name] = _positive(_typed(lim, name, typ, "limits", getattr(defaults, name)), f"limits.{name}")
-    if values["max_packet_bytes"] > 16 << 20:
-        raise ConfigError("limits.max_packet_bytes: at most 16 MiB")
+    # Above the protocol's own limits a setting would not take effect: said at start, not ignored.
+    if values["max_packet_bytes"] > MAX_PACKET_SIZE:
+        raise ConfigError(f"limits.max_packet_bytes: at most {MAX_PACKET_SIZE} (the protocol's limit, 1 MiB)")
+    if values["max_recipients"] > MAX_RECIPIENTS:
+        raise ConfigError(f"limits.max_recipients: at most {MAX_RECIPIENTS} (the protocol's limit)")
 
     ret = doc.get("retention", {})
     if not isinstance(ret, dict):
         raise ConfigError("retention: must be a table")
     _check_keys(ret, {"days"}, "retention")
     days = _positive(_typed(ret, "days", (int, float), "retention", 30), "retention.days")
+    if days > MAX_RETENTION_DAYS:
+        raise ConfigError(f"retention.days: at most {MAX_RETENTION_DAYS} (ten years)")
+    verify_threads = _typed(hub, "verify_threads", int, "hub", 2)
+    if not 0 <= verify_threads <= MAX_VERIFY_THREADS:
+        raise ConfigError(f"hub.verify_threads: must be 0 (verify on the event loop) to {MAX_VERIFY_THREADS}")
 
     topics = doc.get("topics", {})
     if not isinstance(topics, dict):
@@ -172,7 +197,7 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
         database=path("database"), tls_cert=tls_cert, tls_key=tls_key,  # type: ignore[arg-type]
         limits=Limits(**values), retention_seconds=int(days * 86400), publish=pub, subscribe=sub,
         default_publish=default_pub, default_subscribe=default_sub,
-        verify_threads=_typed(hub, "verify_threads", int, "hub", 2),
+        verify_threads=verify_threads,
         checkpoint_interval=_positive(_typed(hub, "checkpoint_interval", (int, float), "hub", 1.0), "hub.checkpoint_interval"),
         log_level=log_level,
     )

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,6 +36,8 @@ log = logging.getLogger("intelhub.hub")
 
 #: Most packets verified in one task on a verify thread.
 VERIFY_CHUNK: Final = 16
+#: Client addresses whose HTTP publishes the hub meters before verifying them (oldest forgotten first).
+MAX_ADDRESS_BUCKETS: Final = 4096
 
 
 def reject(code: str, reason: str) -> ProtocolError:
@@ -96,7 +98,13 @@ class Relay:
                                            inline=partial(_verify_each, self._verify))
         self.pool = ThreadPoolExecutor(config.verify_threads, thread_name_prefix="hub-verify") \
             if config.verify_threads > 0 else None
+        #: nation -> its publish budget, shared by its sessions and its officers' HTTP publishes
         self._buckets: dict[str, TokenBucket] = {}
+        #: client address -> a flood guard for HTTP publishes, checked before any signature is
+        #: (enough for every nation at once: one proxy may carry them all)
+        self._address_buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        #: nations whose revocation list in force could not be written to disk yet
+        self._unsaved_revocations: set[str] = set()
         #: nation -> callbacks woken when a packet for that nation is committed
         self._listeners: dict[str, set[asyncio.Event]] = defaultdict(set)
         #: (nation, subscription name) -> the session feeding it; one feeder at a time
@@ -122,8 +130,21 @@ class Relay:
         except UntrustedSigner as exc:
             raise reject("untrusted_signer", str(exc)) from None
         if len(self.trust.certs) != known:
-            await self.storage.put_blob("cert", cert.fp, cert.raw)
+            try:
+                await self._put_blob("cert", cert.fp, cert.raw)
+            except ProtocolError:
+                # Not kept in memory either: the directory serves what the disk holds, and the next
+                # packet that carries the certificate tries the write again.
+                self.trust.forget_certificate(cert.fp)
+                raise
         return cert
+
+    async def _put_blob(self, kind: str, key: bytes, data: bytes) -> None:
+        try:
+            await self.storage.put_blob(kind, key, data)
+        except StoreError as exc:
+            log.error("store refused a write: %s", exc)
+            raise reject("unavailable", "the hub cannot store this right now; retry later") from None
 
     async def learn_revocations(self, raw: bytes) -> Any:
         try:
@@ -133,12 +154,22 @@ class Relay:
             raise reject("malformed", f"revocations: {exc}") from None
         except UntrustedSigner as exc:
             raise reject("untrusted_signer", str(exc)) from None
-        if rl is not before:
-            await self.storage.put_blob("revocations", rl.nation.encode(), rl.raw)
-            # Every connected node hears of a new revocation at once (they also poll the directory).
+        if rl is not before or rl.nation in self._unsaved_revocations:
+            # Sessions of the certificates it revokes end now, not at their next reconnect: a stolen
+            # node key must not keep taking its nation's packets (and acknowledging them away).
+            now = self.now()
             for sessions in self.sessions_by_nation.values():
                 for s in list(sessions):
-                    self.spawn(s.send("notice", kind="revocations", data=rl.raw))
+                    why = self.trust.usable_at(s.cert, now) if s.cert is not None else None
+                    if why:
+                        self.spawn(s.end_invalid(why))
+                    else:  # every other connected node hears of it at once (they also poll the directory)
+                        self.spawn(s.send("notice", kind="revocations", data=rl.raw))
+            # In force from now on even if the disk refuses it (a revocation must not wait for a disk),
+            # and written again when it is posted again.
+            self._unsaved_revocations.add(rl.nation)
+            await self._put_blob("revocations", rl.nation.encode(), rl.raw)
+            self._unsaved_revocations.discard(rl.nation)
         return rl
 
     def load_directory(self) -> None:
@@ -156,12 +187,27 @@ class Relay:
 
     # -- publishing ------------------------------------------------------------------
 
-    def _check_rate(self, nation: str | None, key: str) -> None:
-        bucket = self._buckets.get(key)
+    def _check_rate(self, nation: str) -> None:
+        limits = self.config.limits
+        bucket = self._buckets.get(nation)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.config.limits.publish_rate, self.config.limits.publish_burst)
+            bucket = self._buckets[nation] = TokenBucket(limits.publish_rate, limits.publish_burst)
         if not bucket.take():
-            raise reject("rate_limited", f"more than {self.config.limits.publish_rate:g} packets/s from {nation or key}; slow down and retry")
+            raise reject("rate_limited", f"more than {limits.publish_rate:g} packets/s from {nation}; slow down and retry")
+
+    def _check_address(self, address: str) -> None:
+        limits = self.config.limits
+        bucket = self._address_buckets.get(address)
+        if bucket is None:
+            if len(self._address_buckets) >= MAX_ADDRESS_BUCKETS:
+                self._address_buckets.popitem(last=False)
+            n = max(1, len(self.trust.roster.nations))
+            bucket = self._address_buckets[address] = TokenBucket(limits.publish_rate * n, limits.publish_burst * n)
+        else:
+            self._address_buckets.move_to_end(address)
+        if not bucket.take():
+            raise reject("rate_limited", f"more publishes from {address} than every nation's rate together; "
+                         "slow down and retry")
 
     def _verify(self, raw: bytes, now: int) -> tuple[envelope.Verified, bytes]:
         # The packet's digest is taken here too: on the worker thread, off the event loop.
@@ -174,11 +220,13 @@ class Relay:
         return await asyncio.get_running_loop().run_in_executor(self.pool, _verify_each, self._verify, items)
 
     async def publish(self, raw: bytes, *, nation: str | None, cert: bytes | None = None,
-                      rate_key: str | None = None) -> Accepted:
-        """Run every acceptance check, then append durably. ``nation`` is the session's, if any."""
+                      address: str | None = None) -> Accepted:
+        """Run every acceptance check, then append durably. ``nation`` is the session's, if any;
+        without one (HTTP), ``address`` is the client's, and the packet's signer names the nation
+        whose rate it counts against."""
         t0 = time.perf_counter()
         try:
-            accepted = await self._publish(raw, nation, cert, rate_key)
+            accepted = await self._publish(raw, nation, cert, address)
         except ProtocolError as exc:
             self.metrics.rejected.labels(exc.code).inc()
             raise
@@ -186,11 +234,14 @@ class Relay:
         self.metrics.accept_latency.observe(time.perf_counter() - t0)
         return accepted
 
-    async def _publish(self, raw: bytes, nation: str | None, cert: bytes | None, rate_key: str | None) -> Accepted:
+    async def _publish(self, raw: bytes, nation: str | None, cert: bytes | None, address: str | None) -> Accepted:
         limits = self.config.limits
         if len(raw) > limits.max_packet_bytes:
             raise reject("too_large", f"packet is {len(raw)} bytes; the limit is {limits.max_packet_bytes}")
-        self._check_rate(nation, rate_key or nation or "http")
+        if nation is not None:
+            self._check_rate(nation)
+        else:
+            self._check_address(address or "unknown")
         if cert is not None:
             await self.learn_certificate(cert)
         now = self.now()
@@ -209,7 +260,9 @@ class Relay:
         except UntrustedSigner as exc:
             raise reject("untrusted_signer", str(exc)) from None
         h = v.header
-        if nation is not None and h.sender != nation:
+        if nation is None:
+            self._check_rate(h.sender)  # an officer's HTTP publish spends its nation's budget
+        elif h.sender != nation:
             raise reject("wrong_nation", f"this session is authenticated as {nation}; it cannot publish packets of {h.sender}")
         if not any_match_cached(self.config.publish_patterns(h.sender), h.topic):
             raise reject("forbidden_topic", f"{h.sender} may not publish to {h.topic} "

@@ -33,6 +33,8 @@ CLOSE_PROTOCOL = 4002
 CLOSE_TIMEOUT = 4003
 CLOSE_REPLACED = 4004
 CLOSE_TOO_MANY = 4005
+#: Seconds between checks that a session's certificate is still usable (expiry, revocation).
+CERT_RECHECK = 60.0
 MAX_WINDOW = 4096
 
 
@@ -98,6 +100,10 @@ class Feed:
             await self._run()
         except (ConnectionError, RuntimeError):
             pass  # the connection closed under a send: the session ends, the cursor is on disk
+        except Exception:  # a bug or a store error: not a feed that silently stops, but a reconnect
+            log.exception("session %s: feed %s of %s failed; closing the session", self.session.id, self.name,
+                          self.nation)
+            self.relay.spawn(self.session.close(WSCloseCode.INTERNAL_ERROR, b"internal error"))
 
     async def _run(self) -> None:
         self.relay.listen(self.nation, self.event)
@@ -143,9 +149,14 @@ class Feed:
                             break
                         expired.append(index)
                     for index in expired:
-                        accepted_at = self.inflight.pop(index)[1]
+                        entry = self.inflight.pop(index, None)
+                        if entry is None:  # acknowledged while an earlier redelivery waited to be sent
+                            continue
+                        accepted_at = entry[1]
                         rows = self.relay.storage.read_range(index, index + 1)
-                        if rows and rows[0].raw is not None:
+                        # Not owed any more if purged or expired meanwhile (relays deliver nothing past
+                        # its expiry): the cursor may pass it.
+                        if rows and rows[0].raw is not None and rows[0].expires > self.relay.now():
                             self.inflight[index] = (time.monotonic(), accepted_at)
                             self.relay.metrics.redelivered.inc()
                             await self.session.deliver(self.name, rows[:1])
@@ -206,6 +217,8 @@ class Session:
         self._direct = _direct_writer(ws)
         self.peer = peer
         self.nation = ""
+        #: The node certificate it authenticated with (checked again while the session lasts)
+        self.cert: Any = None
         self.id = uuid.uuid4().hex[:12]
         self.window = 0
         self.feeds: dict[str, Feed] = {}
@@ -216,6 +229,8 @@ class Session:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.last_seen = time.monotonic()
+        #: close() has begun: the close frame is the last thing sent
+        self.closing = False
 
     # -- sending ----------------------------------------------------------------
 
@@ -260,7 +275,7 @@ class Session:
                     await self.ws.send_bytes(data if isinstance(data, bytes) else b"".join(data))
             return
         writer, transport = direct
-        if transport.is_closing():
+        if transport.is_closing() or self.closing:  # nothing goes after the close frame
             raise ConnectionResetError("connection closing")
         out = self._out
         for data in datas:
@@ -315,7 +330,11 @@ class Session:
         it cannot catch the latter; this pings on a fixed clock instead."""
         idle = self.relay.config.limits.idle_timeout
         while not self.ws.closed:
-            await asyncio.sleep(idle / 2)
+            await asyncio.sleep(min(idle / 2, CERT_RECHECK))
+            why = self.relay.trust.usable_at(self.cert, self.relay.now()) if self.cert is not None else None
+            if why:  # expired, or revoked by a list learnt some other way than a post
+                await self.end_invalid(why)
+                return
             if time.monotonic() - self.last_seen > idle:
                 log.info("session %s: %s silent for %.0f s, closing", self.id, self.nation or "?", idle)
                 await self.close(CLOSE_TIMEOUT, b"idle")
@@ -331,7 +350,9 @@ class Session:
         roster = relay.trust.roster
         await self.send("hello", v=1, hub=roster.hub_name, roster=roster.fp, challenge=challenge, time=relay.now())
         try:
-            data = await self.receive(relay.config.limits.auth_timeout)
+            # One deadline for the whole wait: pings answered meanwhile do not extend it.
+            async with asyncio.timeout(relay.config.limits.auth_timeout):
+                data = await self.receive()
         except TimeoutError:
             await self.close(CLOSE_TIMEOUT, b"authentication timed out")
             return False
@@ -373,6 +394,7 @@ class Session:
             return False
         live.add(self)
         self.nation = cert.nation
+        self.cert = cert
         self.window = min(window, relay.config.limits.window)
         await self.send("welcome", nation=self.nation, session=self.id, time=relay.now())
         return True
@@ -399,8 +421,8 @@ class Session:
                     await self.handle(f)
                 except DecodeError as exc:
                     await self.send_error("bad_frame", str(exc))
-                except ProtocolError as exc:
-                    await self.send_error(exc.code, str(exc))
+                except ProtocolError as exc:  # the request's rid, so that the node's request fails at once
+                    await self.send_error(exc.code, str(exc), f.get("rid") if f is not None else None)
                 except StoreError as exc:  # the disk refuses writes: this request fails, the session lives
                     log.error("session %s: store refused: %s", self.id, exc)
                     await self.send_error("unavailable", "the hub cannot store this right now; retry later",
@@ -456,6 +478,11 @@ class Session:
         except IntelhubError as exc:
             raise reject("bad_frame", str(exc)) from None
         allowed = self.relay.config.subscribe_patterns(self.nation)
+        limit = self.relay.config.limits.max_subscriptions_per_nation
+        names = self.relay.storage.subscription_names(self.nation)
+        if name not in names and len(names) >= limit:
+            raise reject("too_many_subscriptions", f"{self.nation} already holds {len(names)} subscriptions "
+                         f"(limit {limit}); subscribe under one of its names ({', '.join(names[:8])}...) instead")
         sub = await self.relay.storage.subscribe(self.nation, name, patterns)
         old = self.feeds.pop(name, None)
         if old and old.task:
@@ -490,6 +517,19 @@ class Session:
         if feed and feed.task:
             feed.task.cancel()
 
+    async def end_invalid(self, why: str) -> None:
+        """End a session whose certificate stopped being usable (revoked, expired)."""
+        log.warning("session %s: %s certificate %s: closing", self.id, self.nation, why)
+        await self.send_error("unauthenticated", f"this session's certificate is no longer usable: {why}")
+        await self.close(CLOSE_AUTH_FAILED, b"certificate no longer valid")
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake (a peer that stopped reading)."""
+        transport = self._direct[1] if self._direct is not None else None
+        if transport is not None:
+            transport.abort()
+
     async def close(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"hub shutting down") -> None:
         self._flush_now()  # what is queued goes before the close frame
+        self.closing = True
         await self.ws.close(code=code, message=message)
