@@ -300,3 +300,37 @@ async def test_topic_rules_must_name_roster_nations(fed_dir: Path, tmp_path: Pat
     with pytest.raises(ConfigError, match=r"topics\.ZZ\.publish: ZZ is not a nation of the roster"):
         async with running_hub(cfg):
             pass
+
+
+async def test_a_subscription_no_longer_used_can_be_removed(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """``unsub`` forgets a subscription: it stops being fed, stops holding packets back from the
+    purge, frees its place under the limit, and a new one of the same name starts afresh."""
+    cfg = hub_config(fed_dir, tmp_path / "hub.db", limits={"ack_timeout": 60, "max_subscriptions_per_nation": 2})
+    async with running_hub(cfg) as (url, app):
+        storage = app[RELAY].storage
+        async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url) as fr:
+            await it.wait_connected()
+            await fr.wait_connected()
+            await fr.subscribe("main", [">"])
+            await fr.subscribe("old", [">"])
+            r1 = await it.publish(seal(fed, "IT", ["FR"]))
+            got = await collect(fr, 2)  # one delivery per subscription; both acknowledged
+            assert sorted(d.sub for d in got) == ["main", "old"]
+            r2 = await it.publish(seal(fed, "IT", ["FR"]))
+            [d] = [d for d in await collect(fr, 2, ack=False) if d.sub == "main"]
+            await fr.ack(d.sub, d.index)  # "old" never acknowledges r2
+            await asyncio.sleep(0.3)
+            later = int(time.time()) + 10
+            assert await storage.purge(later, 0) == 1, "only r1 is acknowledged by every subscription"
+            await fr.unsubscribe("old")
+            assert storage.subscription_names("FR") == ["main"]
+            assert await storage.purge(later, 0) == 1, "r2 is no longer held back by the removed subscription"
+            assert storage.read_range(r2.index, r2.index + 1)[0].raw is None
+            with pytest.raises(ProtocolError) as exc:
+                await fr.unsubscribe("old", timeout=5)
+            assert exc.value.code == "unknown_subscription"
+            await fr.subscribe("new", [">"])  # the freed place
+            r3 = await it.publish(seal(fed, "IT", ["FR"]))
+            got = await collect(fr, 2)
+            assert sorted((d.sub, d.index) for d in got) == [("main", r3.index), ("new", r3.index)]
+            assert r1.index < r2.index < r3.index

@@ -43,13 +43,14 @@ SCHEMAS: Final[dict[str, dict[str, tuple[type, bool]]]] = {
     # node -> hub
     "auth": {"cert": (_BIN, True), "sig": (_MAP, True), "window": (_INT, True)},
     "sub": {"rid": (_INT, True), "name": (_STR, True), "patterns": (_LIST, True)},
+    "unsub": {"rid": (_INT, True), "name": (_STR, True)},
     "pub": {"rid": (_INT, True), "packet": (_BIN, True), "cert": (_BIN, False)},
     "ack": {"sub": (_STR, True), "indexes": (_LIST, True)},
     "post": {"rid": (_INT, True), "kind": (_STR, True), "data": (_BIN, True)},
 }
 
 HUB_TO_NODE: Final = frozenset({"hello", "welcome", "accepted", "subscribed", "deliver", "ok", "error", "notice"})
-NODE_TO_HUB: Final = frozenset({"auth", "sub", "pub", "ack", "post"})
+NODE_TO_HUB: Final = frozenset({"auth", "sub", "unsub", "pub", "ack", "post"})
 
 
 def encode_frame(t: str, **fields: Any) -> bytes:

@@ -338,6 +338,12 @@ class Relay:
             old.drop_feed(name)
         self._feed_owners[key] = session
 
+    def end_feed(self, nation: str, name: str) -> None:
+        """Stop feeding a subscription that is being removed."""
+        owner = self._feed_owners.pop((nation, name), None)
+        if owner is not None:
+            owner.drop_feed(name)
+
     def release_feeds(self, session: Any) -> None:
         for key, owner in list(self._feed_owners.items()):
             if owner is session:

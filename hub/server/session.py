@@ -455,6 +455,8 @@ class Session:
                 feed.ack(index)
         elif t == "sub":
             await self._subscribe(f)
+        elif t == "unsub":
+            await self._unsubscribe(f)
         elif t == "post":
             await self._post(f)
         elif t == "auth":
@@ -482,7 +484,7 @@ class Session:
         names = self.relay.storage.subscription_names(self.nation)
         if name not in names and len(names) >= limit:
             raise reject("too_many_subscriptions", f"{self.nation} already holds {len(names)} subscriptions "
-                         f"(limit {limit}); subscribe under one of its names ({', '.join(names[:8])}...) instead")
+                         f"(limit {limit}); reuse one of its names ({', '.join(names[:8])}...) or unsub one")
         sub = await self.relay.storage.subscribe(self.nation, name, patterns)
         old = self.feeds.pop(name, None)
         if old and old.task:
@@ -509,6 +511,14 @@ class Session:
         except ProtocolError as exc:  # answered with the rid, so the poster's request fails at once
             await self.send_error(exc.code, str(exc), f["rid"])
             return
+        await self.send("ok", rid=f["rid"])
+
+    async def _unsubscribe(self, f: dict[str, Any]) -> None:
+        name = f["name"]
+        self.relay.end_feed(self.nation, name)  # whichever session of the nation feeds it
+        if not await self.relay.storage.unsubscribe(self.nation, name):
+            raise reject("unknown_subscription", f"{self.nation} has no subscription {name!r}")
+        log.info("session %s: %s unsubscribed %s", self.id, self.nation, name)
         await self.send("ok", rid=f["rid"])
 
     def drop_feed(self, name: str) -> None:

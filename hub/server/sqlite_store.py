@@ -333,6 +333,8 @@ class SQLiteStorage:
             row = c.execute("SELECT patterns, cursor FROM subscriptions WHERE nation = ? AND name = ?",
                             (nation, name)).fetchone()
             if row is None:
+                # Acks a removed subscription of this name may have left (one in flight as it went).
+                c.execute("DELETE FROM acks WHERE nation = ? AND name = ?", (nation, name))
                 c.execute("INSERT INTO subscriptions VALUES (?, ?, ?, -1, ?)",
                           (nation, name, json.dumps(list(patterns)), int(time.time())))
                 cursor = -1
@@ -352,6 +354,16 @@ class SQLiteStorage:
         """Persist a subscription's cursor and its acknowledgements above it (coalesced by the caller,
         and with the other acks of the same group commit here)."""
         await self._submit(_Ack(nation, name, indexes, cursor))
+
+    async def unsubscribe(self, nation: str, name: str) -> bool:
+        """Forget a subscription, its cursor and its acks; whether it existed. The packets it was
+        owed are then kept only for the nation's other subscriptions (see :meth:`purge`)."""
+        def op(c: sqlite3.Connection) -> bool:
+            c.execute("DELETE FROM acks WHERE nation = ? AND name = ?", (nation, name))
+            return c.execute("DELETE FROM subscriptions WHERE nation = ? AND name = ?", (nation, name)).rowcount > 0
+
+        existed: bool = await self._submit(op)
+        return existed
 
     def subscription_names(self, nation: str) -> list[str]:
         return [r[0] for r in self._r.execute("SELECT name FROM subscriptions WHERE nation = ? ORDER BY name", (nation,))]
