@@ -22,11 +22,20 @@ from hub.protocol import codec, frames
 from hub.protocol.certs import Certificate
 from hub.protocol.errors import DecodeError, IntelhubError, ProtocolError
 from hub.protocol.keys import SigningKey
+from hub.protocol.topics import check_pattern
 
 log = logging.getLogger("intelhub.client")
 
 #: Errors after which reconnecting cannot help.
 FATAL_CODES = frozenset({"unauthenticated"})
+#: Refusals of a session that pass: one session too many (the hub may not yet have seen the old
+#: one drop), a store that is busy. Any other refusal is for who this node is: fatal.
+RETRY_AUTH_CODES = frozenset({"too_many_sessions", "unavailable"})
+#: Refusals of a subscription that pass; any other (a pattern the hub now forbids) ends it.
+RETRY_SUB_CODES = frozenset({"unavailable", "rate_limited"})
+#: A connection that stayed up this long (s) was healthy: the next reconnect starts the backoff anew.
+#: One that drops sooner (a hub that closes right after welcome) backs off further each time.
+STABLE_AFTER = 5.0
 #: Seconds acks wait to share a frame (see :meth:`HubClient.ack`).
 ACK_DELAY = 0.01
 
@@ -38,6 +47,27 @@ class Delivery:
     packet: bytes
     cert: bytes | None
     proof: dict[str, Any] | None
+
+
+class _Deliveries(asyncio.Queue[Delivery]):
+    """The deliveries not yet taken by the consumer, each (subscription, index) once: a packet the hub
+    redelivers (its ack timed out) while an earlier copy still waits here is not queued again, so the
+    queue stays within the window however long the consumer stalls. A copy already taken and never
+    acknowledged is queued again: that is what redelivery is for."""
+
+    # asyncio.Queue's hooks for subclasses (as PriorityQueue and LifoQueue use them).
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)  # type: ignore[misc]
+        self.keys: set[tuple[str, int]] = set()
+
+    def _put(self, item: Delivery) -> None:
+        self.keys.add((item.sub, item.index))
+        super()._put(item)  # type: ignore[misc]
+
+    def _get(self) -> Delivery:
+        item: Delivery = super()._get()  # type: ignore[misc]
+        self.keys.discard((item.sub, item.index))
+        return item
 
 
 @dataclass(frozen=True)
@@ -73,14 +103,23 @@ class HubClient:
         if not 0 <= ack_delay <= 1:
             raise ValueError(f"ack_delay must be 0-1 seconds, not {ack_delay!r}")
         self.ack_delay = ack_delay
-        self.deliveries: asyncio.Queue[Delivery] = asyncio.Queue()
+        self.deliveries = _Deliveries()
         self.notices: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.connected = asyncio.Event()
         self.nation: str | None = None
         self.fatal: IntelhubError | None = None
         self.connects = 0
+        #: Subscriptions the hub accepted, renewed on every reconnect.
         self._subs: dict[str, tuple[str, ...]] = {}
-        self._pending: dict[int, tuple[asyncio.Future[Any], str, dict[str, Any]]] = {}
+        #: rid -> subscription name, for renewals sent after a reconnect
+        self._renewals: dict[int, str] = {}
+        #: rid -> (answer, frame type, frame bytes): re-sent after a reconnect until answered
+        self._pending: dict[int, tuple[asyncio.Future[Any], str, dict[str, Any], bytes]] = {}
+        self._background: set[asyncio.Future[Any]] = set()
+        #: When the current connection was welcomed (loop time), if it was
+        self._up_since: float | None = None
+        #: Why the hub last said this node may not go on (an error without rid before it closes 4001)
+        self._refusal: str | None = None
         self._rid = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -105,6 +144,12 @@ class HubClient:
                 raise self.fatal
             raise ProtocolError(f"could not connect to the hub at {self.url} within {timeout:g} s", "unreachable")
 
+    async def wait_stopped(self) -> None:
+        """Until the connection loop ends: after :meth:`close`, or once the hub refused this node
+        for good (then :attr:`fatal` says why)."""
+        if self._task is not None:
+            await asyncio.wait({self._task})
+
     async def close(self) -> None:
         if self._acks:
             await self._flush_acks()  # acks made just before closing still reach the hub
@@ -116,7 +161,10 @@ class HubClient:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._session:
             await self._session.close()
-        for fut, _, _ in self._pending.values():
+        for t in list(self._background):
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for fut, *_ in self._pending.values():
             if not fut.done():
                 fut.set_exception(ProtocolError("client closed", "closed"))
 
@@ -134,12 +182,17 @@ class HubClient:
             raise self.fatal
         self._rid += 1
         rid = self._rid
+        frame = frames.encode_frame(t, rid=rid, **fields)
+        if len(frame) > frames.MAX_FRAME:
+            # The hub would close the connection on it (and it would be re-sent on every reconnect).
+            raise ProtocolError(f"{t} frame of {len(frame)} bytes; the protocol's limit is {frames.MAX_FRAME}",
+                                "too_large")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = (fut, t, fields)
+        self._pending[rid] = (fut, t, fields, frame)
         try:
             if self.connected.is_set() and self._ws is not None:
                 try:
-                    await self._ws.send_bytes(frames.encode_frame(t, rid=rid, **fields))
+                    await self._ws.send_bytes(frame)
                 except (ConnectionError, RuntimeError, aiohttp.ClientError):
                     pass  # re-sent after reconnecting
             async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
@@ -154,9 +207,23 @@ class HubClient:
         return PublishResult(f["index"], f["id"], f["dup"], f.get("promise"))
 
     async def subscribe(self, name: str, patterns: list[str] | tuple[str, ...], timeout: float = 30.0) -> int:
-        self._subs[name] = tuple(patterns)
+        """Subscribe (or re-subscribe with new patterns); returns the first log index to come.
+        Kept, and renewed after every reconnect, once the hub has accepted it. A pattern that is
+        not one (§8.3) raises :class:`ValidationError` at once."""
+        if not 0 < len(name) <= frames.MAX_NAME:
+            raise ProtocolError(f"subscription name must be 1-{frames.MAX_NAME} characters", "bad_frame")
+        if not 0 < len(patterns) <= frames.MAX_PATTERNS:
+            raise ProtocolError(f"a subscription takes 1-{frames.MAX_PATTERNS} patterns", "bad_frame")
+        for p in patterns:
+            check_pattern(p, "patterns")  # a ValidationError now, rather than the hub's refusal later
         f = await self._request("sub", timeout, name=name, patterns=list(patterns))
+        self._subs[name] = tuple(patterns)
         return int(f["cursor"])
+
+    async def unsubscribe(self, name: str, timeout: float = 30.0) -> None:
+        """Remove a subscription for good: the hub forgets its cursor and stops keeping packets for it."""
+        self._subs.pop(name, None)  # not renewed any more, whatever the answer
+        await self._request("unsub", timeout, name=name)
 
     async def post(self, kind: str, data: bytes, timeout: float = 30.0) -> None:
         await self._request("post", timeout, kind=kind, data=data)
@@ -191,16 +258,17 @@ class HubClient:
     # -- the connection loop --------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         attempt = 0
         while not self._closing:
+            self._up_since = None
             try:
                 await self._connect_once()
-                attempt = 0
             except ProtocolError as exc:
                 if exc.code in FATAL_CODES:
                     self.fatal = exc
                     log.error("hub refused this node: %s", exc)
-                    for fut, _, _ in self._pending.values():
+                    for fut, *_ in self._pending.values():
                         if not fut.done():
                             fut.set_exception(exc)
                     return
@@ -210,8 +278,11 @@ class HubClient:
             finally:
                 self.connected.clear()
                 self._ws = None
+                self._renewals.clear()
             if self._closing:
                 return
+            if self._up_since is not None and loop.time() - self._up_since >= STABLE_AFTER:
+                attempt = 0
             # Exponential backoff with full jitter, so 7 nodes do not reconnect in lockstep.
             base, cap = self.backoff
             await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** min(attempt, 16))))
@@ -230,27 +301,29 @@ class HubClient:
             await ws.send_bytes(frames.encode_frame("auth", cert=self.cert.raw, sig=sig, window=self.window))
             welcome = frames.decode_frame(await self._recv(ws, 30.0), frames.HUB_TO_NODE)
             if welcome["t"] == "error":
-                raise ProtocolError(welcome["reason"], "unauthenticated")
+                code = welcome["code"]
+                raise ProtocolError(welcome["reason"], code if code in RETRY_AUTH_CODES else "unauthenticated")
             if welcome["t"] != "welcome":
                 raise ProtocolError(f"expected welcome, got {welcome['t']}", "protocol")
             self.nation = welcome["nation"]
             self._ws = ws
             self.connects += 1
-            # Resume: re-subscribe, then re-send every request still waiting for an answer.
-            for rid, (fut, t, fields) in sorted(self._pending.items()):
+            self._up_since = asyncio.get_running_loop().time()
+            self._refusal = None
+            # Resume: re-send every request still waiting for an answer, then renew the subscriptions.
+            for rid, (fut, _, _, frame) in sorted(self._pending.items()):
                 if not fut.done():
-                    await ws.send_bytes(frames.encode_frame(t, rid=rid, **fields))
-            for name, patterns in self._subs.items():
-                if not any(t == "sub" and f.get("name") == name for _, t, f in self._pending.values()):
-                    self._rid += 1
-                    await ws.send_bytes(frames.encode_frame("sub", rid=self._rid, name=name, patterns=list(patterns)))
+                    await ws.send_bytes(frame)
+            for name in list(self._subs):
+                if not any(t == "sub" and f.get("name") == name for _, t, f, _ in self._pending.values()):
+                    await self._renew(ws, name)
             self.connected.set()
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     break
                 self._dispatch(frames.decode_frame(msg.data, frames.HUB_TO_NODE))
             if ws.close_code is not None and ws.close_code == 4001:
-                raise ProtocolError("authentication failed", "unauthenticated")
+                raise ProtocolError(self._refusal or "authentication failed", "unauthenticated")
 
     @staticmethod
     async def _recv(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> bytes:
@@ -259,18 +332,58 @@ class HubClient:
             raise ConnectionError(f"hub closed the connection ({ws.close_code}: {msg.extra or msg.type.name})")
         return bytes(msg.data)
 
+    async def _renew(self, ws: aiohttp.ClientWebSocketResponse, name: str) -> None:
+        """Send a subscription again (after a reconnect, or after the hub could not take it)."""
+        patterns = self._subs.get(name)
+        if patterns is None or ws is not self._ws:  # dropped meanwhile, or the connection changed
+            return
+        self._rid += 1
+        self._renewals[self._rid] = name
+        try:
+            await ws.send_bytes(frames.encode_frame("sub", rid=self._rid, name=name, patterns=list(patterns)))
+        except (ConnectionError, RuntimeError, aiohttp.ClientError):
+            pass  # renewed after reconnecting
+
+    def _renewal_answered(self, name: str, f: dict[str, Any]) -> None:
+        if f["t"] != "error":
+            return
+        if f["code"] in RETRY_SUB_CODES:
+            # Tried again on this connection: it may stay up for hours, and without the subscription
+            # the hub would deliver nothing to it.
+            log.warning("hub could not renew subscription %s (%s); retrying", name, f["reason"])
+            base, cap = self.backoff
+            ws = self._ws
+            task = asyncio.ensure_future(self._renew_later(ws, name, random.uniform(base, cap)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            log.error("hub refused subscription %s: %s (%s); it is dropped", name, f["reason"], f["code"])
+            self._subs.pop(name, None)
+
+    async def _renew_later(self, ws: aiohttp.ClientWebSocketResponse | None, name: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if ws is not None:
+            await self._renew(ws, name)
+
     def _dispatch(self, f: dict[str, Any]) -> None:
         t = f["t"]
         if t == "deliver":
+            if (f["sub"], f["index"]) in self.deliveries.keys:
+                return  # redelivered while the first copy still waits in the queue
             self.deliveries.put_nowait(Delivery(f["sub"], f["index"], f["packet"], f.get("cert"), f.get("proof")))
             return
         if t == "notice":
             self.notices.put_nowait((f["kind"], f["data"]))
             return
         rid = f.get("rid")
+        if rid is not None and rid in self._renewals:
+            self._renewal_answered(self._renewals.pop(rid), f)
+            return
         entry = self._pending.get(rid) if rid is not None else None
         if t == "error":
             err = ProtocolError(f["reason"], f["code"])
+            if rid is None and f["code"] == "unauthenticated":
+                self._refusal = f["reason"]  # the session's certificate stopped being usable; 4001 follows
             if entry and not entry[0].done():
                 entry[0].set_exception(err)
             else:

@@ -1190,7 +1190,7 @@ async def test_slow_loris_dripping_bytes_is_closed(fed: Federation, fed_dir: Pat
 async def test_every_frame_before_authentication_is_refused(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
     """Frames before authentication. Layer: the session's authentication step (§8.2).
 
-    Every node→hub frame type but ``auth`` (sub, pub, ack, post), sent in answer to ``hello``:
+    Every node→hub frame type but ``auth`` (sub, unsub, pub, ack, post), sent in answer to ``hello``:
     ``error unauthenticated`` and close 4001. A hub→node type: ``bad_frame`` and 4001. Nothing is
     stored, no subscription created, the posted revocation list (a higher serial) not installed.
     """
@@ -1199,6 +1199,7 @@ async def test_every_frame_before_authentication_is_refused(fed: Federation, fed
     newer = sign_revocations(it_root, nation="IT", serial=999, issued=now(), entries=[])
     early = {
         "sub": frames.encode_frame("sub", rid=1, name="main", patterns=[">"]),
+        "unsub": frames.encode_frame("unsub", rid=1, name="main"),
         "pub": frames.encode_frame("pub", rid=1, packet=raw),
         "ack": frames.encode_frame("ack", sub="main", indexes=[0]),
         "post": frames.encode_frame("post", rid=1, kind="revocations", data=newer.raw),

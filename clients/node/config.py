@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from hub.confpath import config_path, exists, read_config
 from hub.protocol.errors import ConfigError, ValidationError
@@ -87,7 +88,13 @@ def parse_node_config(text: str, path: Path) -> NodeConfig:
     hub = req("hub")
     if not hub.startswith(("http://", "https://")):
         raise ConfigError(f"node.hub: {hub!r} must be an http(s):// URL of the hub")
-    if hub.startswith("http://") and not any(h in hub for h in ("//127.0.0.1", "//localhost", "//[::1]")):
+    try:
+        host = urlsplit(hub).hostname
+    except ValueError as exc:
+        raise ConfigError(f"node.hub: {hub!r} is not a URL ({exc})") from None
+    if not host:
+        raise ConfigError(f"node.hub: {hub!r} names no host")
+    if hub.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("node.hub: plain http is only allowed to 127.0.0.1; use https://")
     store = p("store", must_exist=False)
     if not exists(store.parent, "node.store", kind="dir"):

@@ -501,6 +501,10 @@ class NodeService:
         notices_task = asyncio.create_task(self._notices())
         directory_task = asyncio.create_task(self._directory(http))
         receipts_task = asyncio.create_task(self.receipts())
+        # If the hub refuses this node for good (its certificate revoked, say), the service stops
+        # and says why, rather than stay up receiving nothing.
+        gone_task = asyncio.create_task(self.client.wait_stopped())
+        gone_task.add_done_callback(lambda _: stop.set() if self.client.fatal else None)
         try:
             await self.client.wait_connected(timeout=60)
             for s in self.config.subscriptions:
@@ -509,10 +513,13 @@ class NodeService:
             if ready:
                 ready.set()
             await self.pipeline(stop)
+            if self.client.fatal:
+                raise self.client.fatal
         finally:
-            for t in (notices_task, watch_task, directory_task, receipts_task):
+            for t in (notices_task, watch_task, directory_task, receipts_task, gone_task):
                 t.cancel()
-            await asyncio.gather(notices_task, watch_task, directory_task, receipts_task, return_exceptions=True)
+            await asyncio.gather(notices_task, watch_task, directory_task, receipts_task, gone_task,
+                                 return_exceptions=True)
             await http.close()
             self.watcher.close()
             if self._tasks:
