@@ -10,6 +10,7 @@ import logging
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -32,6 +33,21 @@ from .nodeutil import make_node, node_toml, until
 
 def _config(fed_dir: Path, tmp_path: Path, **limits: Any) -> HubConfig:
     return hub_config(fed_dir, tmp_path / "hub.db", limits=limits or None)
+
+
+def busy_once(monkeypatch: pytest.MonkeyPatch, storage: Any) -> SimpleNamespace:
+    """The hub's store refuses the next subscribe as a busy disk would, once; ``.calls`` counts them."""
+    real = storage.subscribe
+    seen = SimpleNamespace(calls=0)
+
+    async def subscribe(*a: Any, **kw: Any) -> Any:
+        seen.calls += 1
+        if seen.calls == 1:
+            raise StoreError("disk busy (once)")
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(storage, "subscribe", subscribe)
+    return seen
 
 
 async def _drop(app: Any, nation: str) -> int:
@@ -147,17 +163,7 @@ async def test_renewal_the_hub_cannot_take_is_retried_on_the_same_connection(
             await it.wait_connected(5)
             await fr.wait_connected(5)
             await fr.subscribe("main", [">"])
-            real = storage.subscribe
-            calls = 0
-
-            async def busy_once(*a: Any, **kw: Any) -> Any:  # a busy disk, once
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    raise StoreError("disk busy (once)")
-                return await real(*a, **kw)
-
-            monkeypatch.setattr(storage, "subscribe", busy_once)
+            busy = busy_once(monkeypatch, storage)
             before = fr.connects
             assert await _drop(app, "FR") == 1
             await _reconnected(fr, before)
@@ -165,7 +171,7 @@ async def test_renewal_the_hub_cannot_take_is_retried_on_the_same_connection(
             await it.publish(raw)
             [d] = await collect(fr, 1, timeout=4)
             assert d.packet == raw and d.sub == "main"
-            assert calls == 2 and fr.connects == before + 1  # retried once, on the same connection
+            assert busy.calls == 2 and fr.connects == before + 1  # retried once, on the same connection
 
 
 async def test_renewal_the_hub_refuses_for_good_is_dropped_and_logged(
@@ -236,17 +242,7 @@ async def test_subscription_the_hub_refused_is_not_renewed(fed: Federation, fed_
         storage = app[RELAY].storage
         async with node_client(fed, "FR", url, backoff=(0.05, 0.2)) as fr:
             await fr.wait_connected(5)
-            real = storage.subscribe
-            calls = 0
-
-            async def busy_once(*a: Any, **kw: Any) -> Any:
-                nonlocal calls
-                calls += 1
-                if calls == 1:
-                    raise StoreError("disk busy (once)")
-                return await real(*a, **kw)
-
-            monkeypatch.setattr(storage, "subscribe", busy_once)
+            busy = busy_once(monkeypatch, storage)
             with pytest.raises(ProtocolError) as info:
                 await fr.subscribe("extra", ["alerts.>"], timeout=3)
             assert info.value.code == "unavailable"
@@ -254,7 +250,7 @@ async def test_subscription_the_hub_refused_is_not_renewed(fed: Federation, fed_
             assert await _drop(app, "FR") == 1
             await _reconnected(fr, before)
             await asyncio.sleep(0.3)  # time for a renewal to reach the hub, if one were sent
-            assert calls == 1
+            assert busy.calls == 1
             [session] = [s for s in app[SESSIONS] if s.nation == "FR" and not s.ws.closed]
             assert not session.feeds
 
