@@ -334,3 +334,53 @@ async def test_a_subscription_no_longer_used_can_be_removed(fed: Federation, fed
             got = await collect(fr, 2)
             assert sorted((d.sub, d.index) for d in got) == [("main", r3.index), ("new", r3.index)]
             assert r1.index < r2.index < r3.index
+
+
+async def test_a_nation_cosigns_with_its_renewed_node_certificate(fed: Federation, fed_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """A node certificate renewed (same subject, higher serial; new keys or the same) keeps its
+    name: the hub takes the nation's cosignature made with it, as the one it supersedes did."""
+    from hub.protocol.checkpoint import cosign_checkpoint
+    from hub.protocol.note import Cosigner, add_signatures
+
+    from .logutil import checkpoint_at_least
+
+    fr = fed.members["FR"]
+    t = int(time.time())
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db")) as (url, _):
+        async with node_client(fed, "FR", url) as node:
+            await node.wait_connected()
+            await node.publish(seal(fed, "FR", ["DE"]))
+            for i, key in enumerate((fr.node_signing, SigningKey.from_seed(b"sessions/fr-node-renewed" * 2))):
+                renewed = fed.issue("FR", subject=fr.node_cert.subject, role="node", signing=key, kem=fr.node_kem,
+                                    not_before=t - 10 + i, not_after=t + 86400)
+                await node.post("cert", renewed.raw)
+                cp, note = await checkpoint_at_least(url, fed, 1)
+                stamp = int(time.time())
+                cosigned = add_signatures(note, cosign_checkpoint(cp, Cosigner(renewed.name, key.ed25519, key.mldsa65),
+                                                                  stamp))
+                await node.post("cosignature", cosigned.encode())  # refused before: bad_cosignature
+                async with aiohttp.ClientSession() as s, s.get(url + "/v1/log/cosignatures") as r:
+                    assert r.status == 200
+                    [entry] = (await r.json())["cosignatures"]
+                assert (entry["nation"], entry["time"]) == ("FR", stamp), entry
+
+
+async def test_delivery_lag_is_measured_in_whole_seconds(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """Acceptance times are whole seconds: a lag against a fractional clock read half a second
+    too long on average; a packet acknowledged at once is 0 or 1 s late, never 0.47 s."""
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db")) as (url, app):
+        async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url, ack_delay=0) as fr:
+            await it.wait_connected()
+            await fr.wait_connected()
+            await fr.subscribe("main", [">"])
+            for _ in range(5):
+                await it.publish(seal(fed, "IT", ["FR"]))
+                await collect(fr, 1)
+                await asyncio.sleep(0.13)  # acceptances at various fractions of a second
+            lag = app[RELAY].metrics.delivery_lag
+            deadline = time.monotonic() + 5
+            while lag._sum.get() == 0 and sum(b.get() for b in lag._buckets) < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            total, count = lag._sum.get(), sum(b.get() for b in lag._buckets)
+            assert count >= 1 and total == int(total) and total <= count, (total, count)

@@ -485,9 +485,13 @@ class LogWatcher:
     def _open_cosigned(self, nation: str, note: str) -> tuple[Checkpoint, int]:
         cp = open_hub_checkpoint(note, self.roster)
         names = {s.name for s in split_note(note)[1]}
+        # A renewed node certificate keeps its name (§4.5): whichever of them made the cosignature.
         for cert in self.trust.certs.values():
             if cert.nation == nation and cert.role == "node" and cert.name in names:
-                return cp, verify_cosignature(note, witness_verifier(cert))
+                try:
+                    return cp, verify_cosignature(note, witness_verifier(cert))
+                except LogError:
+                    continue
         raise LogError(f"no cosignature by a known node certificate of {nation}")
 
     # -- evidence --------------------------------------------------------------------------

@@ -163,6 +163,7 @@ class HubLog:
                                                   min(target, self.tree.size + CATCH_UP_PAGE)):
             self.add_leaf(index, leaf_hash(leaf_data(header, accepted_at)))
         self._stalled_ticks = 0
+        self.relay.metrics.log_size.set(self.tree.size)
         return self.tree.size - before
 
     # -- promises ----------------------------------------------------------------------
@@ -304,16 +305,25 @@ class HubLog:
         if not certs:
             raise LogError(f"no cosignature by a node certificate of {nation}")
         now = self.relay.now()
+        # One name may belong to several certificates: a node certificate renewed (§4.5) keeps its
+        # subject. The cosignature counts if one of them made it and was usable when it did.
+        refusals = []
         for cert in certs:
             v = CosignatureVerifier(cert.name, Ed25519PublicKey.from_public_bytes(cert.signing.ed25519),
                                     MLDSA65PublicKey.from_public_bytes(cert.signing.mldsa65))
-            stamp = verify_cosignature(data, v)
+            try:
+                stamp = verify_cosignature(data, v)
+            except LogError as exc:
+                refusals.append(str(exc))
+                continue
             if stamp > now + FUTURE_SKEW:
                 raise LogError("cosignature time is in the future")
             why = self.relay.trust.usable_at(cert, stamp)
             if why:
-                raise LogError(why)
-        return cp, stamp
+                refusals.append(why)
+                continue
+            return cp, stamp
+        raise LogError("; ".join(dict.fromkeys(refusals)))
 
     def cosignatures(self) -> list[dict[str, Any]]:
         return [{"nation": n, "size": cp.size, "time": t, "note": note}

@@ -25,8 +25,9 @@ class Metrics:
         self.acked = Counter("intelhub_acks", "Acknowledgements received", registry=r)
         self.queue_depth = Gauge("intelhub_queue_depth", "Unacknowledged deliveries in flight", ["nation", "sub"], registry=r)
         self.delivery_lag = Histogram("intelhub_delivery_lag_seconds",
-                                      "Acceptance to acknowledgement (the oldest packet of each batch of acks)",
-                                      buckets=_LATENCY_BUCKETS + (5, 10, 60, 600), registry=r)
+                                      "Acceptance to acknowledgement, in whole seconds as acceptance times are "
+                                      "(the oldest packet of each batch of acks)",
+                                      buckets=(0, 1, 2, 5, 10, 30, 60, 300, 600, 3600, 86400), registry=r)
         self.accept_latency = Histogram("intelhub_accept_latency_seconds", "Receipt of a packet to ACCEPTED",
                                         buckets=_LATENCY_BUCKETS, registry=r)
         self.commit_latency = Histogram("intelhub_commit_seconds", "Duration of one group commit",

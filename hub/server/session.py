@@ -201,7 +201,9 @@ class Feed:
         indexes, self.unflushed = self.unflushed, []
         # Metrics once per batch of acks: the lag histogram records the oldest packet in the batch.
         self.relay.metrics.acked.inc(len(indexes))
-        self.relay.metrics.delivery_lag.observe(max(0.0, time.time() - self.oldest_acked))
+        # Whole seconds on both sides: acceptance times are whole seconds (a fractional "now" would
+        # add half a second on average to every sample).
+        self.relay.metrics.delivery_lag.observe(max(0, int(time.time()) - self.oldest_acked))
         self.oldest_acked = float("inf")
         cursor = self._advance()
         self.cursor = max(self.cursor, cursor)
