@@ -25,3 +25,9 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+    # aiohttp's own reports (a malformed request from anyone, say) in the same one-line JSON, not as
+    # bare tracebacks; warnings and worse only, so that a peer cannot fill the log with its mistakes.
+    web = logging.getLogger("aiohttp")
+    web.handlers[:] = [handler]
+    web.setLevel(max(logging.WARNING, root.level))
+    web.propagate = False

@@ -330,6 +330,8 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
         base.replace("[hub]\n", "[hub]\nverify_threads = -4\n"): "hub.verify_threads",
         base + "[limits]\nmax_packet_bytes = 16777216\n": "limits.max_packet_bytes: at most 1048576",
         base + "[limits]\nmax_recipients = 1000\n": "limits.max_recipients: at most 64",
+        base + "[limits]\nauth_timeout = 1e-300\n": "limits.auth_timeout: at least 0.05 s",
+        base.replace("[hub]\n", "[hub]\ncheckpoint_interval = 1e-300\n"): "hub.checkpoint_interval: at least",
     }
     for text, expected in cases.items():
         with pytest.raises(ConfigError) as exc:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
+import os
 import random
+import socket
+import sqlite3
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +28,7 @@ from hub.protocol.errors import ProtocolError
 from hub.protocol.federation import Federation
 from hub.protocol.suites import CLASSIC
 
-from .hubutil import HubProcess, hub_toml, node_client, seal_for
+from .hubutil import ROOT, HubProcess, hub_toml, node_client, seal_for
 
 ALL = ("CA", "DE", "FR", "GB", "IT", "JP", "US")
 
@@ -137,6 +143,30 @@ async def test_sigterm_drains_with_close_code(fed: Federation, fed_dir: Path, tm
         hub.kill()
 
 
+async def test_the_log_stays_one_json_object_per_line_whatever_clients_send(fed_dir: Path, tmp_path: Path) -> None:
+    """Malformed requests from anyone (a broken request line, a body in an encoding it is not in)
+    are answered 400 and logged, if at all, as JSON lines, not as bare tracebacks."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, tmp_path / "hub.db"))
+    hub = HubProcess(cfg, tmp_path / "hub.log")
+    url = hub.start()
+    try:
+        for request in (b"GARBAGE\r\n\r\n", b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Encoding: gzip\r\n"
+                        b"\r\nabcde"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", hub.port)
+            writer.write(request)
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.split()[1:2] in ([b"400"], [b"413"], [b"414"], [b"431"]), status
+            writer.close()
+        async with aiohttp.ClientSession() as s, s.get(url + "/healthz") as r:
+            assert r.status == 200  # still serving
+    finally:
+        assert hub.stop() == 0
+    lines = [ln for ln in (tmp_path / "hub.log").read_text().splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("{") and json.loads(ln) for ln in lines), lines[:20]
+
+
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
@@ -175,3 +205,80 @@ async def test_tls(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
                 await s.get(url + "/healthz")
     finally:
         hub.stop()
+
+
+def _serve(cfg: Path, *extra: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``intelhub hub serve`` that is expected to refuse to start: its exit code and output."""
+    return subprocess.run([sys.executable, "-m", "clients", "hub", "serve", "--config", str(cfg), *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _refused(r: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+async def test_a_hub_refuses_to_start_where_it_would_overwrite_or_share_data(fed_dir: Path, tmp_path: Path) -> None:
+    """Each refusal is one line naming what is wrong, and leaves the files as they were."""
+    db = tmp_path / "hub.db"
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db))
+    hub = HubProcess(cfg, tmp_path / "hub.log")
+    hub.start()
+    try:
+        # A second hub on the same database would hand out the same log indexes.
+        _refused(_serve(cfg, "--port-file", str(tmp_path / "second.port")), 5, "in use by another hub")
+        # --port-file may only replace a port file: not the database, not the configuration, not a document.
+        before = db.read_bytes()
+        for target in (db, cfg):
+            _refused(_serve(cfg, "--port-file", str(target)), 2, "--port-file")
+        assert db.read_bytes() == before and "[hub]" in cfg.read_text()
+        notes = tmp_path / "notes.txt"
+        notes.write_text("the case file\n")
+        _refused(_serve(cfg, "--port-file", str(notes)), 2, "is not a port file")
+        assert notes.read_text() == "the case file\n"
+    finally:
+        assert hub.stop() == 0
+    assert not hub.port_file.exists(), "the port file outlived the hub"
+
+    # Another program's database, or a node's store: refused, and not touched (no WAL switch, no table).
+    for name, schema in (("crm.db", "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)"),
+                         ("store.db", "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TEXT);"
+                                      "CREATE TABLE packets (id INTEGER PRIMARY KEY)")):
+        other = tmp_path / name
+        conn = sqlite3.connect(other)
+        conn.executescript(schema)
+        conn.close()
+        before = other.read_bytes()
+        foreign = tmp_path / f"{name}.toml"
+        foreign.write_text(hub_toml(fed_dir, other))
+        _refused(_serve(foreign), 5, "not a hub database")
+        _refused(_serve(foreign, "--check"), 5, "not a hub database")
+        assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
+
+
+async def test_a_hub_that_cannot_serve_says_why_in_one_line(fed_dir: Path, tmp_path: Path) -> None:
+    """TLS files that are not a certificate and its key, or a port already taken: one line naming the
+    setting (no traceback); a bad TLS pair is found before the database is created. ``--check``
+    finds the same, and topic rules for a nation not in the roster."""
+    db = tmp_path / "hub.db"
+    (tmp_path / "bad.crt").write_text("not a certificate\n")
+    (tmp_path / "bad.key").write_text("not a key\n")
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(hub_toml(fed_dir, db).replace(
+        "[hub]\n", f'[hub]\ntls_cert = "{tmp_path / "bad.crt"}"\ntls_key = "{tmp_path / "bad.key"}"\n'))
+    _refused(_serve(cfg), 2, "hub.tls_cert / hub.tls_key")
+    _refused(_serve(cfg, "--check"), 2, "hub.tls_cert / hub.tls_key")
+    assert not db.exists()
+    topics = tmp_path / "topics.toml"
+    topics.write_text(hub_toml(fed_dir, db) + '[topics.ZZ]\npublish = ["alerts.>"]\n')
+    _refused(_serve(topics, "--check"), 2, "topics.ZZ.publish")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = tmp_path / "busy.toml"
+        busy.write_text(hub_toml(fed_dir, db, listen=f"127.0.0.1:{port}"))
+        _refused(_serve(busy), 2, f"hub.listen: cannot listen on 127.0.0.1:{port}")

@@ -23,17 +23,27 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
     import asyncio
 
     from hub.keyfiles import load_private_keys, load_trust_dir
-    from hub.server.app import serve as run
     from hub.logs import setup_logging
+    from hub.protocol.errors import KeyFileError
+    from hub.server.app import check_port_file, tls_context
+    from hub.server.app import serve as run
     from hub.server.config import load_config
+    from hub.server.sqlite_store import check_database
 
     config = load_config(config_path)
+    if port_file is not None:
+        check_port_file(port_file, config, config_path)
     if check:
+        # Everything serve checks before it listens, without writing anything.
         trust = load_trust_dir(config.trust)
+        config.check_nations(trust.roster.nations)
         keys = load_private_keys(config.key)
-        ok = keys.signing is not None and keys.signing.public().key_id == trust.roster.hub_key.key_id
-        click.echo(f"{config_path}: {'OK' if ok else 'hub key does not match the roster'}; "
-                   f"{len(trust.roster.nations)} nations, {len(trust.certs)} certificates")
-        raise SystemExit(0 if ok else 2)
+        if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
+            raise KeyFileError(f"{config.key}: not the hub key named in the roster")
+        tls_context(config)
+        check_database(config.database)
+        click.echo(f"{config_path}: OK; {len(trust.roster.nations)} nations, {len(trust.certs)} certificates, "
+                   f"{'TLS' if config.tls_cert else 'plain HTTP on loopback'}, database {config.database}")
+        return
     setup_logging(config.log_level)
     asyncio.run(run(config, port_file=port_file))

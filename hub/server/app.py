@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSCloseCode, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from hub.keyfiles import load_private_keys, load_trust_dir
 from hub.protocol import codec, frames
-from hub.protocol.errors import DecodeError, IntelhubError, KeyFileError, ProtocolError
+from hub.protocol.errors import ConfigError, DecodeError, IntelhubError, KeyFileError, ProtocolError
 
 from .config import HubConfig
 from .metrics import Metrics
@@ -81,6 +83,8 @@ async def _read_body(request: web.Request) -> bytes:
             return await request.read()
     except TimeoutError:
         raise ProtocolError("the request body did not arrive in time", "timeout") from None
+    except (RequestPayloadError, HttpProcessingError) as exc:  # e.g. a Content-Encoding it is not in
+        raise ProtocolError(f"the request body cannot be read ({exc})", "bad_request") from None
 
 
 async def publish_handler(request: web.Request) -> web.Response:
@@ -197,29 +201,83 @@ async def _purge_loop(relay: Relay) -> None:
             log.warning("purge failed: %s", exc)
 
 
+def tls_context(config: HubConfig) -> ssl.SSLContext | None:
+    """The server's TLS context, or None for plain HTTP on loopback; a bad pair is a ConfigError."""
+    if not (config.tls_cert and config.tls_key):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"hub.tls_cert / hub.tls_key: cannot load {config.tls_cert} with {config.tls_key} "
+                          f"({exc.__class__.__name__}: {exc}); give a PEM certificate and its own PEM private key") \
+            from None
+    return ctx
+
+
+def check_port_file(port_file: Path, config: HubConfig, config_path: Path | None = None) -> None:
+    """Refuse a --port-file that would overwrite something: it may only replace an earlier port file."""
+    target = port_file.resolve()
+    named = {config.database, config.key, config.trust, config.tls_cert, config.tls_key, config_path}
+    if any(p is not None and p.resolve() == target for p in named):
+        raise ConfigError(f"--port-file {port_file}: that is a file the hub's configuration names")
+    if not port_file.name or not target.parent.is_dir():
+        raise ConfigError(f"--port-file {port_file}: give a file in an existing directory")
+    if port_file.exists():
+        try:
+            old = port_file.read_bytes() if port_file.is_file() and port_file.stat().st_size <= 8 else None
+        except OSError:
+            old = None
+        if old is None or not old.strip().isdigit():
+            raise ConfigError(f"--port-file {port_file}: exists and is not a port file; it is not overwritten")
+
+
 async def serve(config: HubConfig, *, port_file: Path | None = None, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain: close every session with 1001 and stop."""
     # Short GIL turns: the event loop gives the GIL up on every socket write and hash, and must not
     # then wait a whole default 5 ms slice behind a verification thread to get it back.
     sys.setswitchinterval(0.0002)
+    if port_file:
+        check_port_file(port_file, config)
+    ctx = tls_context(config)  # before the database is opened: a bad pair leaves nothing behind
     app = create_app(config)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    ctx = None
-    if config.tls_cert and config.tls_key:
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_cert_chain(config.tls_cert, config.tls_key)
-    site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ctx, reuse_address=True)
-    await site.start()
-    sockets = site._server.sockets if site._server else []  # type: ignore[union-attr, attr-defined]
-    port = sockets[0].getsockname()[1] if sockets else config.listen_port
+    try:
+        site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError(f"hub.listen: cannot listen on {config.listen_host}:{config.listen_port} "
+                              f"({exc.strerror or exc}); choose a free port on an address of this machine") from None
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr, attr-defined]
+        port = sockets[0].getsockname()[1] if sockets else config.listen_port
+        if port_file:
+            tmp = port_file.with_name(port_file.name + ".tmp")
+            tmp.write_text(str(port))
+            tmp.replace(port_file)
+    except BaseException:
+        await runner.cleanup()
+        raise
     scheme = "https" if ctx else "http"
     log.info("hub listening on %s://%s:%d", scheme, config.listen_host, port)
-    if port_file:
-        tmp = port_file.with_name(port_file.name + ".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(port_file)
+    try:
+        await _serve_until_stopped(runner, ready)
+    finally:
+        if port_file:
+            _remove_port_file(port_file, port)
+
+
+def _remove_port_file(port_file: Path, port: int) -> None:
+    try:
+        if port_file.read_text().strip() == str(port):  # still ours
+            port_file.unlink()
+    except OSError:
+        pass
+
+
+async def _serve_until_stopped(runner: web.AppRunner, ready: asyncio.Event | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

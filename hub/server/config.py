@@ -24,6 +24,8 @@ DEFAULT_SUBSCRIBE: Final = (">",)
 MAX_RETENTION_DAYS: Final = 3660
 #: Most verify threads: more than cores only adds GIL hand-offs.
 MAX_VERIFY_THREADS: Final = 64
+#: Shortest timeout or interval accepted, in seconds.
+MIN_SECONDS: Final = 0.05
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
             raise ConfigError(f"hub.{req}: missing (see examples/hub.toml)")
     listen = _typed(hub, "listen", str, "hub", None)
     host, _, port_s = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address as in a URL: [::1]:8443
+        host = host[1:-1]
     if not host or not (port_s.isascii() and port_s.isdigit() and len(port_s) <= 5) or not 0 <= int(port_s) < 65536:
         raise ConfigError(f"hub.listen: {listen!r} is not host:port (e.g. 127.0.0.1:8443; port 0 picks a free port)")
 
@@ -158,6 +162,9 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     # Above the protocol's own limits a setting would not take effect: said at start, not ignored.
     if values["max_packet_bytes"] > MAX_PACKET_SIZE:
         raise ConfigError(f"limits.max_packet_bytes: at most {MAX_PACKET_SIZE} (the protocol's limit, 1 MiB)")
+    for name in ("ack_timeout", "auth_timeout", "idle_timeout"):
+        if values[name] < MIN_SECONDS:  # a timer that short would spin the hub, or time everyone out
+            raise ConfigError(f"limits.{name}: at least {MIN_SECONDS} s")
     if values["max_recipients"] > MAX_RECIPIENTS:
         raise ConfigError(f"limits.max_recipients: at most {MAX_RECIPIENTS} (the protocol's limit)")
 
@@ -168,6 +175,9 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     days = _positive(_typed(ret, "days", (int, float), "retention", 30), "retention.days")
     if days > MAX_RETENTION_DAYS:
         raise ConfigError(f"retention.days: at most {MAX_RETENTION_DAYS} (ten years)")
+    interval = _positive(_typed(hub, "checkpoint_interval", (int, float), "hub", 1.0), "hub.checkpoint_interval")
+    if interval < MIN_SECONDS:
+        raise ConfigError(f"hub.checkpoint_interval: at least {MIN_SECONDS} s")
     verify_threads = _typed(hub, "verify_threads", int, "hub", 2)
     if not 0 <= verify_threads <= MAX_VERIFY_THREADS:
         raise ConfigError(f"hub.verify_threads: must be 0 (verify on the event loop) to {MAX_VERIFY_THREADS}")
@@ -198,7 +208,7 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
         limits=Limits(**values), retention_seconds=int(days * 86400), publish=pub, subscribe=sub,
         default_publish=default_pub, default_subscribe=default_sub,
         verify_threads=verify_threads,
-        checkpoint_interval=_positive(_typed(hub, "checkpoint_interval", (int, float), "hub", 1.0), "hub.checkpoint_interval"),
+        checkpoint_interval=interval,
         log_level=log_level,
     )
 

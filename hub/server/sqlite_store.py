@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import fcntl
+import os
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -145,6 +147,49 @@ def _topic_matches(stored_patterns: str, topic: str) -> bool:
     return any_match_cached(_patterns(stored_patterns), topic)
 
 
+#: SQLite's application_id of a hub database ("IHUB"): set on a new file, checked on every open.
+APPLICATION_ID: Final = 0x49485542
+#: Tables every hub database has had since its first schema (a file from before application_id).
+_HUB_TABLES: Final = {"packets", "subscriptions", "acks", "blobs", "schema_migrations"}
+
+
+def check_database(path: Path) -> None:
+    """Refuse, without writing to it, a file that is not a hub database: another program's SQLite
+    database, a node's store, or no database at all. A missing or empty file is a new database."""
+    if not path.parent.is_dir():
+        raise StoreError(f"{path.parent}: directory for the hub database does not exist")
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return
+    if not path.is_file():
+        raise StoreError(f"{path}: not a file; give the hub database a file path")
+    try:
+        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            app_id = c.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            c.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read it as an SQLite database ({exc}); give the hub its own file") from None
+    if app_id == APPLICATION_ID or (app_id == 0 and (not tables or _HUB_TABLES <= tables)):
+        return
+    what = f"application_id {app_id:#x}" if app_id else f"tables {', '.join(sorted(tables)[:6])}"
+    raise StoreError(f"{path}: not a hub database ({what}); give the hub its own file")
+
+
+def _lock(path: Path) -> int:
+    """Hold the database for this process: a second hub on the same file would hand out the same log
+    indexes. An advisory lock on a file beside it, released by the kernel when the process ends."""
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise StoreError(f"{path}: in use by another hub process; stop it first (or give this hub its own "
+                         "database)") from None
+    return fd
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
     conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # before WAL: only a new, empty file takes it
@@ -157,14 +202,18 @@ def _connect(path: Path) -> sqlite3.Connection:
 class SQLiteStorage:
     def __init__(self, path: Path | str, *, batch_max: int = 512) -> None:
         self.path = Path(path)
-        if not self.path.parent.exists():
-            raise StoreError(f"{self.path.parent}: directory for the hub database does not exist")
+        check_database(self.path)
+        self._lock_fd = _lock(self.path)
         try:
             self._w = _connect(self.path)
             self._w.create_function("topic_matches", 2, _topic_matches, deterministic=True)
             migrate(self._w, MIGRATIONS, "hub")
+            self._w.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self._r = _connect(self.path)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StoreError) as exc:
+            os.close(self._lock_fd)
+            if isinstance(exc, StoreError):
+                raise StoreError(f"{self.path}: {exc}") from None
             raise StoreError(f"{self.path}: cannot open the hub database ({exc})") from None
         self._batch_max = batch_max
         row = self._w.execute("SELECT MAX(log_index) FROM packets").fetchone()
@@ -468,6 +517,7 @@ class SQLiteStorage:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._w.close()
         self._r.close()
+        os.close(self._lock_fd)
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
