@@ -108,13 +108,15 @@ def load_revocations(path: Path | str) -> RevocationList:
 def load_trust(roster: Path | str, certs: Iterable[Path | str] = (), revocations: Iterable[Path | str] = ()) -> Trust:
     trust = Trust(load_roster(roster))
     for p in certs:
+        cert = load_certificate(p)  # its errors name the file already
         try:
-            trust.add_certificate(load_certificate(p).raw)
+            trust.add_certificate(cert.raw)
         except IntelhubError as exc:
             raise KeyFileError(f"{p}: {exc}") from None
     for p in revocations:
+        rl = load_revocations(p)
         try:
-            trust.add_revocations(load_revocations(p).raw)
+            trust.add_revocations(rl.raw)
         except IntelhubError as exc:
             raise KeyFileError(f"{p}: {exc}") from None
     return trust
