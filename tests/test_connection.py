@@ -64,6 +64,17 @@ async def _reconnected(client: HubClient, before: int, timeout: float = 5.0) -> 
     await until(lambda: client.connects > before and client.connected.is_set(), timeout, "the client to reconnect")
 
 
+async def _drop_and_resume(fed: Federation, app: Any, it: HubClient, fr: HubClient) -> None:
+    """The hub drops FR's session; FR reconnects, and its subscription "main" delivers IT's next packet."""
+    before = fr.connects
+    assert await _drop(app, "FR") == 1
+    await _reconnected(fr, before)
+    raw = seal_for(fed, "IT", ["FR"])
+    await it.publish(raw)
+    [d] = await collect(fr, 1, timeout=4)
+    assert d.packet == raw and d.sub == "main"
+
+
 def _fr_node_revoked(fed: Federation) -> bytes:
     """FR's revocation list with FR's node certificate revoked from 5 s ago. Signed here rather
     than with ``fed.revoke``, which would change the session-wide federation of other tests."""
@@ -165,12 +176,7 @@ async def test_renewal_the_hub_cannot_take_is_retried_on_the_same_connection(
             await fr.subscribe("main", [">"])
             busy = busy_once(monkeypatch, storage)
             before = fr.connects
-            assert await _drop(app, "FR") == 1
-            await _reconnected(fr, before)
-            raw = seal_for(fed, "IT", ["FR"])
-            await it.publish(raw)
-            [d] = await collect(fr, 1, timeout=4)
-            assert d.packet == raw and d.sub == "main"
+            await _drop_and_resume(fed, app, it, fr)
             assert busy.calls == 2 and fr.connects == before + 1  # retried once, on the same connection
 
 
@@ -223,14 +229,8 @@ async def test_invalid_subscriptions_fail_at_once_and_are_not_kept(fed: Federati
                 assert time.monotonic() - t0 < 0.5, f"{patterns}: refused only after a timeout"
                 if isinstance(info.value, ProtocolError):
                     assert info.value.code == "bad_frame"
-            before = fr.connects
-            assert await _drop(app, "FR") == 1
-            await _reconnected(fr, before)
-            # "main" was renewed with [">"], not with "a..b" (which the hub would refuse).
-            raw = seal_for(fed, "IT", ["FR"])
-            await it.publish(raw)
-            [d] = await collect(fr, 1, timeout=4)
-            assert d.packet == raw and d.sub == "main"
+            # "main" is renewed with [">"], not with "a..b" (which the hub would refuse).
+            await _drop_and_resume(fed, app, it, fr)
             [session] = [s for s in app[SESSIONS] if s.nation == "FR" and not s.ws.closed]
             assert set(session.feeds) == {"main"}
 
