@@ -331,6 +331,7 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
         base + "[limits]\nmax_packet_bytes = 16777216\n": "limits.max_packet_bytes: at most 1048576",
         base + "[limits]\nmax_recipients = 1000\n": "limits.max_recipients: at most 64",
         base + "[limits]\nauth_timeout = 1e-300\n": "limits.auth_timeout: at least 0.05 s",
+        base.replace(f"{fed_dir}/hub/hub.key", str(fed_dir)): "is not a regular file",  # a directory
         base.replace("[hub]\n", "[hub]\ncheckpoint_interval = 1e-300\n"): "hub.checkpoint_interval: at least",
     }
     for text, expected in cases.items():

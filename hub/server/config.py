@@ -144,6 +144,9 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     for key, p in (("key", path("key")), ("trust", path("trust")), ("tls_cert", tls_cert), ("tls_key", tls_key)):
         if p is not None and not exists(p, f"hub.{key}"):
             raise ConfigError(f"hub.{key}: {p} does not exist")
+        kind = "dir" if key == "trust" else "file"  # a FIFO named as the key would hang the start
+        if p is not None and not exists(p, f"hub.{key}", kind=kind):
+            raise ConfigError(f"hub.{key}: {p} is not a {'directory' if kind == 'dir' else 'regular file'}")
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"hub.listen: {host} is not loopback; plain HTTP is only allowed on 127.0.0.1 (set tls_cert and tls_key)")
     log_level = _typed(hub, "log_level", str, "hub", "info")
