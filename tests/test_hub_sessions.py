@@ -384,3 +384,33 @@ async def test_delivery_lag_is_measured_in_whole_seconds(fed: Federation, fed_di
                 await asyncio.sleep(0.05)
             total, count = lag._sum.get(), sum(b.get() for b in lag._buckets)
             assert count >= 1 and total == int(total) and total <= count, (total, count)
+
+
+async def test_a_feed_that_fails_closes_its_session_and_the_node_resumes(fed: Federation, fed_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """A feed that meets an error it does not expect (here the disk, while it resends) does not stop
+    in silence: its session closes (1011), the node reconnects and resumes from its cursor."""
+    import sqlite3
+
+    cfg = hub_config(fed_dir, tmp_path / "hub.db", limits={"ack_timeout": 0.3})
+    async with running_hub(cfg) as (url, app):
+        storage = app[RELAY].storage
+        async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url, backoff=(0.05, 0.2)) as fr:
+            await it.wait_connected()
+            await fr.wait_connected()
+            await fr.subscribe("main", [">"])
+            r = await it.publish(seal(fed, "IT", ["FR"]))
+            [first] = await collect(fr, 1, ack=False)  # not acknowledged: the feed will resend it
+            real = storage.read_range
+
+            def disk_error(start: int, stop: int) -> list[object]:
+                raise sqlite3.OperationalError("disk I/O error")
+
+            storage.read_range = disk_error  # the disk fails under the resend, as a real one can
+            deadline = time.monotonic() + 5
+            while fr.connects < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            storage.read_range = real
+            assert fr.connects == 2, "the session whose feed failed was not closed"
+            [again] = await collect(fr, 1)  # from the cursor, after the reconnect
+            assert first.index == again.index == r.index
