@@ -14,6 +14,7 @@ from clients.scenario import IBAN_DE, ORGANISER, WALLET, french_freeze, french_l
 from hub.protocol import codec, envelope
 from hub.protocol.federation import Federation
 from hub.protocol.suites import HYBRID
+from hub.server.app import RELAY
 
 from .hubutil import hub_config, node_client, running_hub, seal_for
 from .nodeutil import make_node, running_nodes, shown, until
@@ -226,3 +227,20 @@ async def test_revocations_reach_running_nodes(fed_dir: Path, tmp_path: Path) ->
                     assert r.status == 200, await r.text()
             await until(lambda: fr.me.trust.revoked_at(cert) == now - 5, what="FR learns the revocation")
             assert fr.me.trust.usable_at(cert, now) is not None
+
+
+async def test_a_subscription_dropped_from_the_configuration_is_removed_at_the_hub(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """The node remembers the hub subscriptions it made; one no longer configured is removed at the
+    hub when the node next starts, so that the hub stops keeping packets for it."""
+    two = ('[[subscriptions]]\nname = "main"\npatterns = [">"]\n\n'
+           '[[subscriptions]]\nname = "old"\npatterns = ["alerts.>"]\n')
+    one = '[[subscriptions]]\nname = "main"\npatterns = [">"]\n'
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db")) as (url, app):
+        storage = app[RELAY].storage
+        async with running_nodes({"FR": make_node("FR", fed_dir, url, tmp_path, two)}) as nodes:
+            assert storage.subscription_names("FR") == ["main", "old"]
+            assert nodes["FR"].st.store.hub_subscriptions() == ["main", "old"]
+        async with running_nodes({"FR": make_node("FR", fed_dir, url, tmp_path, one)}) as nodes:
+            assert storage.subscription_names("FR") == ["main"]
+            assert nodes["FR"].st.store.hub_subscriptions() == ["main"]

@@ -475,7 +475,7 @@ def test_reopened_store_keeps_everything(node: Node, tmp_path: Path) -> None:
     finally:
         again.close()
     conn = sqlite3.connect(tmp_path / "node.db")
-    assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_migrations").fetchall() == [(1,), (2,)]  # each once
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
     NodeStore(tmp_path / "node.db").close()

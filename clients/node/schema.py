@@ -227,6 +227,15 @@ MIGRATIONS: Final[list[str]] = [
     );
     CREATE INDEX outbox_due ON outbox (sink, next_at);
     """,
+    # The hub subscriptions this node made, so that one dropped from its configuration is removed
+    # at the hub too (there it would hold every packet it is owed until the packet expires).
+    """
+    CREATE TABLE hub_subscriptions (
+        name     TEXT PRIMARY KEY,
+        patterns TEXT NOT NULL,   -- JSON list
+        since    INTEGER NOT NULL
+    );
+    """,
 ]
 
 #: Entity fields (besides the lists ``countries`` and ``nationality``) that name a country.

@@ -440,6 +440,21 @@ class NodeService:
                 if f is not None:
                     f.cancel()
 
+    async def _unsubscribe_dropped(self) -> None:
+        """Remove at the hub the subscriptions this node made that its configuration no longer names."""
+        configured = {s.name for s in self.config.subscriptions}
+        for name in await self.st.call(self.st.store.hub_subscriptions):
+            if name in configured:
+                continue
+            try:
+                await self.client.unsubscribe(name)
+            except ProtocolError as exc:
+                if exc.code != "unknown_subscription":  # gone already: forget it all the same
+                    log.warning("subscription %s not removed at the hub yet: %s", name, exc)
+                    continue
+            await self.st.call(self.st.store.unsubscribed, name)
+            log.info("%s unsubscribed %s (no longer in its configuration)", self.me.nation, name)
+
     def _learn_revocations(self, raw: bytes, source: str) -> None:
         """A revocation list from the hub: kept only if its nation's root signed it and it is newer."""
         try:
@@ -509,7 +524,9 @@ class NodeService:
             await self.client.wait_connected(timeout=60)
             for s in self.config.subscriptions:
                 cursor = await self.client.subscribe(s.name, s.patterns)
+                await self.st.call(self.st.store.subscribed, s.name, s.patterns)
                 log.info("%s subscribed %s to %s from log index %d", self.me.nation, s.name, ",".join(s.patterns), cursor)
+            await self._unsubscribe_dropped()
             if ready:
                 ready.set()
             await self.pipeline(stop)

@@ -333,6 +333,21 @@ class NodeStore:
                 last = seq
                 yield log_index, raw
 
+    # -- hub subscriptions ----------------------------------------------------------------
+
+    def hub_subscriptions(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._conn.execute("SELECT name FROM hub_subscriptions ORDER BY name")]
+
+    def subscribed(self, name: str, patterns: Sequence[str]) -> None:
+        with self._tx():
+            self._conn.execute("INSERT OR REPLACE INTO hub_subscriptions VALUES (?, ?, ?)",
+                               (name, json.dumps(list(patterns)), int(time.time())))
+
+    def unsubscribed(self, name: str) -> None:
+        with self._tx():
+            self._conn.execute("DELETE FROM hub_subscriptions WHERE name = ?", (name,))
+
     # -- outbox -----------------------------------------------------------------------
 
     def outbox_pending(self, sink: str, limit: int = 100, now: int | None = None) -> list[OutboxItem]:
