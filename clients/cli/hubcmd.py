@@ -22,10 +22,8 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
     """Serve protocol v1 (WebSocket /v1/ws, HTTP /v1/publish, /healthz, /metrics) until SIGTERM."""
     import asyncio
 
-    from hub.keyfiles import load_private_keys, load_trust_dir
     from hub.logs import setup_logging
-    from hub.protocol.errors import KeyFileError
-    from hub.server.app import check_port_file, tls_context
+    from hub.server.app import check_port_file, load_identity, tls_context
     from hub.server.app import serve as run
     from hub.server.config import load_config
     from hub.server.sqlite_store import check_database
@@ -35,11 +33,7 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
         check_port_file(port_file, config, config_path)
     if check:
         # Everything serve checks before it listens, without writing anything.
-        trust = load_trust_dir(config.trust)
-        config.check_nations(trust.roster.nations)
-        keys = load_private_keys(config.key)
-        if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
-            raise KeyFileError(f"{config.key}: not the hub key named in the roster")
+        trust, _ = load_identity(config)
         tls_context(config)
         check_database(config.database)
         click.echo(f"{config_path}: OK; {len(trust.roster.nations)} nations, {len(trust.certs)} certificates, "

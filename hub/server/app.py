@@ -22,6 +22,8 @@ from aiohttp.web_protocol import RequestPayloadError
 from hub.keyfiles import load_private_keys, load_trust_dir
 from hub.protocol import codec, frames
 from hub.protocol.errors import ConfigError, DecodeError, IntelhubError, KeyFileError, ProtocolError
+from hub.protocol.keys import SigningKey
+from hub.protocol.trust import Trust
 
 from .config import HubConfig
 from .metrics import Metrics
@@ -141,11 +143,7 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
     app[SESSIONS] = weakref.WeakSet()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        trust = load_trust_dir(config.trust)
-        config.check_nations(trust.roster.nations)
-        keys = load_private_keys(config.key)
-        if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
-            raise KeyFileError(f"{config.key}: not the hub key named in the roster")
+        trust, signing = load_identity(config)
         metrics = Metrics()
         storage = SQLiteStorage(config.database)
         storage.on_commit = metrics.on_commit
@@ -153,7 +151,7 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
         relay.load_directory()
         from .log import HubLog
 
-        relay.hub_log = (log_factory or HubLog)(relay, keys.signing, sessions=app[SESSIONS])
+        relay.hub_log = (log_factory or HubLog)(relay, signing, sessions=app[SESSIONS])
         app[RELAY] = relay
         tasks = [asyncio.create_task(relay.hub_log.run()), asyncio.create_task(_purge_loop(relay))]
         try:
@@ -199,6 +197,16 @@ async def _purge_loop(relay: Relay) -> None:
                 log.info("purged %d packet bodies past retention", n)
         except IntelhubError as exc:
             log.warning("purge failed: %s", exc)
+
+
+def load_identity(config: HubConfig) -> tuple[Trust, SigningKey]:
+    """The trust directory and the hub's signing key, checked against each other and the topic rules."""
+    trust = load_trust_dir(config.trust)
+    config.check_nations(trust.roster.nations)
+    keys = load_private_keys(config.key)
+    if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
+        raise KeyFileError(f"{config.key}: not the hub key named in the roster")
+    return trust, keys.signing
 
 
 def tls_context(config: HubConfig) -> ssl.SSLContext | None:

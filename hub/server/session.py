@@ -231,8 +231,6 @@ class Session:
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self.last_seen = time.monotonic()
-        #: close() has begun: the close frame is the last thing sent
-        self.closing = False
 
     # -- sending ----------------------------------------------------------------
 
@@ -277,7 +275,7 @@ class Session:
                     await self.ws.send_bytes(data if isinstance(data, bytes) else b"".join(data))
             return
         writer, transport = direct
-        if transport.is_closing() or self.closing:  # nothing goes after the close frame
+        if transport.is_closing() or self.ws.closed:  # nothing goes after the close frame
             raise ConnectionResetError("connection closing")
         out = self._out
         for data in datas:
@@ -543,5 +541,4 @@ class Session:
 
     async def close(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"hub shutting down") -> None:
         self._flush_now()  # what is queued goes before the close frame
-        self.closing = True
         await self.ws.close(code=code, message=message)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import fcntl
-import os
 import functools
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 import json
@@ -486,6 +486,8 @@ class SQLiteStorage:
         more: expired, or acknowledged by every subscription of every recipient nation whose
         patterns match the topic. A recipient nation with no subscription yet is still owed it."""
 
+        cutoff = now - retention
+
         def op(c: sqlite3.Connection) -> int:
             cur = c.execute(
                 """
@@ -499,7 +501,7 @@ class SQLiteStorage:
                             AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
                                             AND a.log_index = r.log_index)))))
                 """,
-                {"cutoff": now - retention, "now": now},
+                {"cutoff": cutoff, "now": now},
             )
             if cur.rowcount:
                 # On this thread, the only one that changes the cache (a scan that still finds a purged
@@ -508,7 +510,6 @@ class SQLiteStorage:
                     self._recent.pop(index, None)
             return cur.rowcount
 
-        cutoff = now - retention
         purged: int = await self._submit(op)
         return purged
 
