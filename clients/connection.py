@@ -210,8 +210,7 @@ class HubClient:
         """Subscribe (or re-subscribe with new patterns); returns the first log index to come.
         Kept, and renewed after every reconnect, once the hub has accepted it. A pattern that is
         not one (§8.3) raises :class:`ValidationError` at once."""
-        if not 0 < len(name) <= frames.MAX_NAME:
-            raise ProtocolError(f"subscription name must be 1-{frames.MAX_NAME} characters", "bad_frame")
+        _check_name(name)
         if not 0 < len(patterns) <= frames.MAX_PATTERNS:
             raise ProtocolError(f"a subscription takes 1-{frames.MAX_PATTERNS} patterns", "bad_frame")
         for p in patterns:
@@ -222,6 +221,7 @@ class HubClient:
 
     async def unsubscribe(self, name: str, timeout: float = 30.0) -> None:
         """Remove a subscription for good: the hub forgets its cursor and stops keeping packets for it."""
+        _check_name(name)
         self._subs.pop(name, None)  # not renewed any more, whatever the answer
         await self._request("unsub", timeout, name=name)
 
@@ -391,6 +391,12 @@ class HubClient:
             return
         if entry and not entry[0].done():
             entry[0].set_result(f)
+
+
+def _check_name(name: str) -> None:
+    # Checked here: the hub cannot decode a frame that breaks it, so its refusal names no request.
+    if not 0 < len(name) <= frames.MAX_NAME:
+        raise ProtocolError(f"subscription name must be 1-{frames.MAX_NAME} characters", "bad_frame")
 
 
 async def http_publish(url: str, packet: bytes, cert: bytes | None = None, *, timeout: float = 30.0,

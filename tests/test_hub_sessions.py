@@ -329,6 +329,10 @@ async def test_a_subscription_no_longer_used_can_be_removed(fed: Federation, fed
             with pytest.raises(ProtocolError) as exc:
                 await fr.unsubscribe("old", timeout=5)
             assert exc.value.code == "unknown_subscription"
+            t0 = time.monotonic()
+            with pytest.raises(ProtocolError) as exc:
+                await fr.unsubscribe("x" * (frames.MAX_NAME + 1), timeout=5)
+            assert exc.value.code == "bad_frame" and time.monotonic() - t0 < 1  # refused at once
             await fr.subscribe("new", [">"])  # the freed place
             r3 = await it.publish(seal(fed, "IT", ["FR"]))
             got = await collect(fr, 2)
