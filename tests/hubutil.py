@@ -124,3 +124,17 @@ class HubProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
         return self.proc.returncode if self.proc else 0
+
+
+def hub_cli(command: str, cfg: Path, *extra: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """``intelhub hub <command> --config cfg`` run to its end: exit code and output."""
+    return subprocess.run([sys.executable, "-m", "clients", "hub", command, "--config", str(cfg), *extra],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def assert_refused(r: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
+    """The command failed with ``code`` and one line of error naming ``needle``."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr

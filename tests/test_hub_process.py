@@ -5,13 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
 import random
 import socket
 import sqlite3
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from hub.protocol.errors import ProtocolError
 from hub.protocol.federation import Federation
 from hub.protocol.suites import CLASSIC
 
-from .hubutil import ROOT, HubProcess, hub_toml, node_client, seal_for
+from .hubutil import ROOT, HubProcess, assert_refused, hub_cli, hub_toml, node_client, seal_for
 
 ALL = ("CA", "DE", "FR", "GB", "IT", "JP", "US")
 
@@ -207,19 +204,6 @@ async def test_tls(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
         hub.stop()
 
 
-def _serve(cfg: Path, *extra: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """``intelhub hub serve`` that is expected to refuse to start: its exit code and output."""
-    return subprocess.run([sys.executable, "-m", "clients", "hub", "serve", "--config", str(cfg), *extra],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def _refused(r: subprocess.CompletedProcess[str], code: int, needle: str) -> None:
-    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
-
-
 async def test_a_hub_refuses_to_start_where_it_would_overwrite_or_share_data(fed_dir: Path, tmp_path: Path) -> None:
     """Each refusal is one line naming what is wrong, and leaves the files as they were."""
     db = tmp_path / "hub.db"
@@ -229,15 +213,15 @@ async def test_a_hub_refuses_to_start_where_it_would_overwrite_or_share_data(fed
     hub.start()
     try:
         # A second hub on the same database would hand out the same log indexes.
-        _refused(_serve(cfg, "--port-file", str(tmp_path / "second.port")), 5, "in use by another hub")
+        assert_refused(hub_cli("serve", cfg, "--port-file", str(tmp_path / "second.port")), 5, "in use by another hub")
         # --port-file may only replace a port file: not the database, not the configuration, not a document.
         before = db.read_bytes()
         for target in (db, cfg):
-            _refused(_serve(cfg, "--port-file", str(target)), 2, "--port-file")
+            assert_refused(hub_cli("serve", cfg, "--port-file", str(target)), 2, "--port-file")
         assert db.read_bytes() == before and "[hub]" in cfg.read_text()
         notes = tmp_path / "notes.txt"
         notes.write_text("the case file\n")
-        _refused(_serve(cfg, "--port-file", str(notes)), 2, "is not a port file")
+        assert_refused(hub_cli("serve", cfg, "--port-file", str(notes)), 2, "is not a port file")
         assert notes.read_text() == "the case file\n"
     finally:
         assert hub.stop() == 0
@@ -254,8 +238,8 @@ async def test_a_hub_refuses_to_start_where_it_would_overwrite_or_share_data(fed
         before = other.read_bytes()
         foreign = tmp_path / f"{name}.toml"
         foreign.write_text(hub_toml(fed_dir, other))
-        _refused(_serve(foreign), 5, "not a hub database")
-        _refused(_serve(foreign, "--check"), 5, "not a hub database")
+        assert_refused(hub_cli("serve", foreign), 5, "not a hub database")
+        assert_refused(hub_cli("serve", foreign, "--check"), 5, "not a hub database")
         assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
 
 
@@ -269,16 +253,16 @@ async def test_a_hub_that_cannot_serve_says_why_in_one_line(fed_dir: Path, tmp_p
     cfg = tmp_path / "tls.toml"
     cfg.write_text(hub_toml(fed_dir, db).replace(
         "[hub]\n", f'[hub]\ntls_cert = "{tmp_path / "bad.crt"}"\ntls_key = "{tmp_path / "bad.key"}"\n'))
-    _refused(_serve(cfg), 2, "hub.tls_cert / hub.tls_key")
-    _refused(_serve(cfg, "--check"), 2, "hub.tls_cert / hub.tls_key")
+    assert_refused(hub_cli("serve", cfg), 2, "hub.tls_cert / hub.tls_key")
+    assert_refused(hub_cli("serve", cfg, "--check"), 2, "hub.tls_cert / hub.tls_key")
     assert not db.exists()
     topics = tmp_path / "topics.toml"
     topics.write_text(hub_toml(fed_dir, db) + '[topics.ZZ]\npublish = ["alerts.>"]\n')
-    _refused(_serve(topics, "--check"), 2, "topics.ZZ.publish")
+    assert_refused(hub_cli("serve", topics, "--check"), 2, "topics.ZZ.publish")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         busy = tmp_path / "busy.toml"
         busy.write_text(hub_toml(fed_dir, db, listen=f"127.0.0.1:{port}"))
-        _refused(_serve(busy), 2, f"hub.listen: cannot listen on 127.0.0.1:{port}")
+        assert_refused(hub_cli("serve", busy), 2, f"hub.listen: cannot listen on 127.0.0.1:{port}")

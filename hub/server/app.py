@@ -27,6 +27,7 @@ from hub.protocol.trust import Trust
 
 from .config import HubConfig
 from .metrics import Metrics
+from .owner import bind
 from .relay import Relay
 from .session import Session
 from .sqlite_store import SQLiteStorage
@@ -146,12 +147,17 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
         trust, signing = load_identity(config)
         metrics = Metrics()
         storage = SQLiteStorage(config.database)
-        storage.on_commit = metrics.on_commit
-        relay = relay_factory(config, trust, storage, metrics)
-        relay.load_directory()
-        from .log import HubLog
+        try:
+            from .log import HubLog, checkpoint_opener
 
-        relay.hub_log = (log_factory or HubLog)(relay, signing, sessions=app[SESSIONS])
+            await bind(storage, trust.roster, checkpoint_verifies=checkpoint_opener(trust.roster.hub_name, signing))
+            storage.on_commit = metrics.on_commit
+            relay = relay_factory(config, trust, storage, metrics)
+            relay.load_directory()
+            relay.hub_log = (log_factory or HubLog)(relay, signing, sessions=app[SESSIONS])
+        except BaseException:
+            await storage.close()  # releases the database for the next start
+            raise
         app[RELAY] = relay
         tasks = [asyncio.create_task(relay.hub_log.run()), asyncio.create_task(_purge_loop(relay))]
         try:

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -66,6 +66,13 @@ def _reject(reason: str) -> ProtocolError:
     return ProtocolError(reason, "bad_cosignature")
 
 
+def checkpoint_opener(hub_name: str, key: SigningKey) -> Callable[[str | bytes], Checkpoint]:
+    """Opens a checkpoint note this hub's key signed (for its log's origin); raises otherwise."""
+    origin = log_origin(hub_name)
+    verifier = NoteSigner(origin, key.ed25519, key.mldsa65).verifier()
+    return lambda note: open_checkpoint(note, verifier, origin)
+
+
 class HubLog:
     """The log of one hub. The relay calls :meth:`promise` per accepted packet, sessions
     :meth:`delivery_proof` per delivery and :meth:`add_cosignature` per posted cosignature."""
@@ -75,6 +82,7 @@ class HubLog:
         self.relay = relay
         self.storage = relay.storage
         self.origin = log_origin(relay.trust.roster.hub_name)
+        self.key = key
         self.signer = NoteSigner(self.origin, key.ed25519, key.mldsa65)
         self.mmd = check_uint(mmd, "maximum merge delay")
         self.sessions = sessions
@@ -96,9 +104,10 @@ class HubLog:
     # -- state kept across restarts ------------------------------------------------------
 
     def _load_state(self) -> None:
+        opener = checkpoint_opener(self.relay.trust.roster.hub_name, self.key)
         for _, note in self.storage.blobs("checkpoint"):
             try:
-                cp = open_checkpoint(note, self.signer.verifier(), self.origin)
+                cp = opener(note)
             except IntelhubError as exc:
                 log.error("stored checkpoint does not verify (%s); a new one will be signed", exc)
                 continue

@@ -177,6 +177,24 @@ def check_database(path: Path) -> None:
     raise StoreError(f"{path}: not a hub database ({what}); give the hub its own file")
 
 
+def read_blob(path: Path, kind: str, key: bytes) -> bytes | None:
+    """One stored blob, read without writing (``serve --check``); None if the file or blob is absent."""
+    check_database(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blobs'").fetchone():
+                return None
+            row = c.execute("SELECT data FROM blobs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+        finally:
+            c.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read it ({exc})") from None
+    return None if row is None else bytes(row[0])
+
+
 def _lock(path: Path) -> int:
     """Hold the database for this process: a second hub on the same file would hand out the same log
     indexes. An advisory lock on a file beside it, released by the kernel when the process ends."""
