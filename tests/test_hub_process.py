@@ -25,7 +25,7 @@ from hub.protocol.errors import ProtocolError
 from hub.protocol.federation import Federation
 from hub.protocol.suites import CLASSIC
 
-from .hubutil import ROOT, HubProcess, assert_refused, hub_cli, hub_toml, node_client, seal_for
+from .hubutil import HubProcess, assert_refused, hub_cli, hub_toml, node_client, seal_for
 
 ALL = ("CA", "DE", "FR", "GB", "IT", "JP", "US")
 
