@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
+
+from .common import emit_json, fail, json_option, table
 
 
 @click.group("hub")
@@ -77,3 +80,77 @@ def rotate_key(config_path: Path) -> None:
     old, new = asyncio.run(run())
     click.echo(f"{config.database}: passed from {old.describe() if old else 'no recorded owner'} "
                f"to {new.describe()}; the next checkpoint is signed by the new key")
+
+
+def _ago(now: int, t: int | None) -> str:
+    if t is None:
+        return "never"
+    s = max(0, now - t)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit} ago"
+    return f"{s}s ago"
+
+
+@hub.command("subscriptions")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@click.option("--nation", default=None, help="Only this nation's subscriptions (e.g. FR).")
+@json_option
+def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
+    """List the durable subscriptions and the packets each holds (read-only; the hub may be running).
+
+    A subscription keeps every packet it matches until it acknowledges it or the packet
+    expires. One that nobody consumes any more (a node gone, or its store lost) shows here
+    with an old last acknowledgement and a growing OWED: remove it with `unsubscribe`.
+    """
+    from hub.protocol.certs import check_nation
+    from hub.server.admin import subscriptions as report
+    from hub.server.config import load_config
+
+    config = load_config(config_path)
+    if nation is not None:
+        check_nation(nation, "--nation")
+    now = int(time.time())
+    subs = report(config.database, now, nation)
+    if as_json:
+        emit_json({"now": now, "subscriptions": [s.as_dict() for s in subs]})
+        return
+    if not subs:
+        click.echo("no subscriptions" + (f" of {nation}" if nation else ""))
+        return
+    click.echo(table([(s.nation, s.name, " ".join(s.patterns), s.cursor, s.owed, _ago(now, s.oldest_owed)
+                       if s.owed else "", _ago(now, s.acked_at), _ago(now, s.created)) for s in subs],
+                     ("NATION", "NAME", "PATTERNS", "CURSOR", "OWED", "OLDEST OWED", "LAST ACK", "CREATED")))
+
+
+@hub.command("unsubscribe")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@click.option("--nation", required=True, help="The subscription's nation (e.g. FR).")
+@click.option("--name", required=True, help="The subscription's name (see `intelhub hub subscriptions`).")
+def unsubscribe(config_path: Path, nation: str, name: str) -> None:
+    """Remove a subscription for good, with the hub stopped: the packets it held are then kept only
+    for the nation's other subscriptions. A node that subscribes again under the name starts afresh."""
+    import asyncio
+
+    from hub.protocol.certs import check_nation
+    from hub.server.config import load_config
+    from hub.server.sqlite_store import SQLiteStorage
+
+    config = load_config(config_path)
+    check_nation(nation, "--nation")
+    if not config.database.is_file():
+        raise click.ClickException(f"hub.database: {config.database} does not exist")
+
+    async def run() -> bool:
+        storage = SQLiteStorage(config.database)
+        try:
+            return await storage.unsubscribe(nation, name)
+        finally:
+            await storage.close()
+
+    if not asyncio.run(run()):
+        fail(f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
+             "lists them", 2)
+    click.echo(f"removed {nation}'s subscription {name!r}")

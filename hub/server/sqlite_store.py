@@ -95,6 +95,11 @@ MIGRATIONS: Final = [
     DROP TABLE packet_recipients;
     ALTER TABLE packet_recipients_by_index RENAME TO packet_recipients;
     """,
+    # When each subscription last acknowledged anything: the operator's sign of a subscription
+    # nobody consumes any more (`intelhub hub subscriptions`). NULL: never.
+    """
+    ALTER TABLE subscriptions ADD COLUMN acked_at INTEGER;
+    """,
 ]
 
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
@@ -145,6 +150,11 @@ def _patterns(stored: str) -> tuple[str, ...]:
 def _topic_matches(stored_patterns: str, topic: str) -> bool:
     """SQL ``topic_matches(subscriptions.patterns, packets.topic)``: purge asks which subscriptions owe a packet."""
     return any_match_cached(_patterns(stored_patterns), topic)
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """The SQL functions the hub's queries use (``topic_matches``)."""
+    conn.create_function("topic_matches", 2, _topic_matches, deterministic=True)
 
 
 #: SQLite's application_id of a hub database ("IHUB"): set on a new file, checked on every open.
@@ -224,7 +234,7 @@ class SQLiteStorage:
         self._lock_fd = _lock(self.path)
         try:
             self._w = _connect(self.path)
-            self._w.create_function("topic_matches", 2, _topic_matches, deterministic=True)
+            register_functions(self._w)
             migrate(self._w, MIGRATIONS, "hub")
             self._w.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self._r = _connect(self.path)
@@ -372,12 +382,13 @@ class SQLiteStorage:
             indexes.update(op.indexes)
             merged[(op.nation, op.name)] = (max(cursor, op.cursor), indexes)
         subs = list(merged.items())
+        now = int(time.time())
         for i in range(0, len(subs), _SUBS_PER_STATEMENT):
             chunk = subs[i:i + _SUBS_PER_STATEMENT]
             cases = " ".join("WHEN nation = ? AND name = ? THEN ?" for _ in chunk)
             which = " OR ".join("(nation = ? AND name = ?)" for _ in chunk)
-            c.execute(f"UPDATE subscriptions SET cursor = MAX(cursor, CASE {cases} END) WHERE {which}",
-                      [v for (n, name), (cur, _) in chunk for v in (n, name, cur)]
+            c.execute(f"UPDATE subscriptions SET cursor = MAX(cursor, CASE {cases} END), acked_at = ? WHERE {which}",
+                      [v for (n, name), (cur, _) in chunk for v in (n, name, cur)] + [now]
                       + [v for (n, name), _ in chunk for v in (n, name)])
             c.execute("DELETE FROM acks WHERE " + " OR ".join("(nation = ? AND name = ? AND log_index <= ?)" for _ in chunk),
                       [v for (n, name), (cur, _) in chunk for v in (n, name, cur)])
@@ -402,7 +413,7 @@ class SQLiteStorage:
             if row is None:
                 # Acks a removed subscription of this name may have left (one in flight as it went).
                 c.execute("DELETE FROM acks WHERE nation = ? AND name = ?", (nation, name))
-                c.execute("INSERT INTO subscriptions VALUES (?, ?, ?, -1, ?)",
+                c.execute("INSERT INTO subscriptions (nation, name, patterns, cursor, created) VALUES (?, ?, ?, -1, ?)",
                           (nation, name, json.dumps(list(patterns)), int(time.time())))
                 cursor = -1
             else:

@@ -1,0 +1,75 @@
+"""The hub operator's subscription commands: `intelhub hub subscriptions` reads beside a serving hub;
+`intelhub hub unsubscribe` removes a subscription nobody consumes, with the hub stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+from hub.protocol.federation import Federation
+
+from .hubutil import assert_refused, collect, hub_cli, hub_config, hub_toml, node_client, running_hub, seal_for
+
+
+async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed: Federation, fed_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db))
+    async with running_hub(hub_config(fed_dir, db)) as (url, _):
+        fr, it = node_client(fed, "FR", url), node_client(fed, "IT", url)
+        for c in (fr, it):
+            await c.start()
+            await c.wait_connected(10)
+        try:
+            # "old" was the subscription of an FR node that lost its store; "main" is consumed.
+            await fr.subscribe("old", ["alerts.>"])
+            await fr.subscribe("main", [">"])
+            for _ in range(3):
+                await it.publish(seal_for(fed, "IT", ["FR"]), timeout=10)
+            got = await collect(fr, 6, ack=False)  # three each; only "main" acknowledges
+            assert sorted(d.sub for d in got) == ["main"] * 3 + ["old"] * 3
+            for d in got:
+                if d.sub == "main":
+                    await fr.ack(d.sub, d.index)
+            # Read-only beside the serving hub (until the acks are on disk); removing needs it stopped.
+            deadline = time.monotonic() + 10
+            while True:
+                r = hub_cli("subscriptions", cfg, "--json")
+                assert r.returncode == 0, r.stderr
+                by_name = {s["name"]: s for s in json.loads(r.stdout)["subscriptions"]}
+                if by_name["main"]["owed"] == 0 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await fr.close()
+            await it.close()
+        assert set(by_name) == {"main", "old"} and {s["nation"] for s in by_name.values()} == {"FR"}
+        assert by_name["main"]["owed"] == 0 and by_name["main"]["acked_at"] >= int(time.time()) - 60
+        assert by_name["old"]["owed"] == 3 and by_name["old"]["acked_at"] is None
+        assert by_name["old"]["patterns"] == ["alerts.>"] and by_name["old"]["oldest_owed"] is not None
+        assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "old"), 5, "in use by another hub")
+
+    r = hub_cli("subscriptions", cfg)
+    assert r.returncode == 0, r.stderr
+    header, _, *rows = r.stdout.splitlines()
+    assert header.split()[:5] == ["NATION", "NAME", "PATTERNS", "CURSOR", "OWED"]
+    old = next(row for row in rows if row.split()[1] == "old")
+    assert old.split()[4] == "3" and "never" in old
+
+    r = hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "old")
+    assert r.returncode == 0 and "removed FR's subscription 'old'" in r.stdout, r.stderr
+    after = json.loads(hub_cli("subscriptions", cfg, "--json", "--nation", "FR").stdout)
+    assert [s["name"] for s in after["subscriptions"]] == ["main"]
+    assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "old"), 2, "no subscription named 'old'")
+    assert_refused(hub_cli("subscriptions", cfg, "--nation", "fr"), 2, "not a nation code")
+    assert hub_cli("subscriptions", cfg, "--nation", "DE").stdout.strip() == "no subscriptions of DE"
+
+
+def test_listing_needs_a_database(fed_dir: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, tmp_path / "missing.db"))
+    assert_refused(hub_cli("subscriptions", cfg), 5, "no hub database there")
+    assert not (tmp_path / "missing.db").exists()
