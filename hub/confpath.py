@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+import tomllib
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hub.protocol.errors import ConfigError
 
@@ -30,7 +34,8 @@ def exists(path: Path, where: str, *, kind: str = "any") -> bool:
             return path.is_file()
         return path.exists()
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: cannot check {str(path)[:80]!r} ({exc.__class__.__name__})") from None
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+        raise ConfigError(f"{where}: cannot check {str(path)[:80]!r} ({why}); give a shorter, valid path") from None
 
 
 def read_config(path: Path) -> str:
@@ -41,3 +46,21 @@ def read_config(path: Path) -> str:
         raise ConfigError(f"{path}: no such configuration file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read ({exc})") from None
+
+
+def parse_toml(text: str, source: str, tables: Sequence[str]) -> dict[str, Any]:
+    """A configuration file's TOML, whose top level may hold only ``tables``; otherwise a ConfigError
+    that says what is wrong in words (not Python's)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    except ValueError:  # Python's own limit on integer digits, hit while parsing
+        raise ConfigError(f"{source}: a number in it has thousands of digits; no setting takes such a value") \
+            from None
+    for k in doc:
+        if k not in tables:
+            hint = difflib.get_close_matches(k, tables, n=1)
+            raise ConfigError(f"{source}: unknown table [{k}]" + (f" (did you mean [{hint[0]}]?)" if hint else
+                                                               f"; the tables are {', '.join(f'[{t}]' for t in tables)}"))
+    return doc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -42,3 +43,28 @@ def test_a_bad_crypto_workers_names_the_field(tmp_path: Path, value: str) -> Non
     with pytest.raises(ConfigError) as info:
         parse_node_config(text, path)
     assert str(info.value).startswith("node.crypto_workers: must be an integer 0-64")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[subscription]\nname = 1\n", "unknown table [subscription] (did you mean [subscriptions]?)"),
+    ("[zzz]\na = 1\n", "unknown table [zzz]; the tables are [node], [subscriptions]"),
+    ("[zzz]\na = " + "7" * 5000 + "\n", "a number in it has thousands of digits"),
+])
+def test_a_configuration_file_with_a_table_or_number_no_setting_takes_says_so(
+        tmp_path: Path, extra: str, message: str) -> None:
+    """The node's, the hub's and the officer's configuration files, read by the one parser."""
+    import click
+
+    from clients.cli.settings import _load_file
+
+    path = _layout(tmp_path) / "node.toml"
+    with pytest.raises(ConfigError, match=r"node\.toml: " + re.escape(message)):
+        parse_node_config(path.read_text() + extra, path)
+    hub = tmp_path / "examples" / "hub.toml"
+    hub.write_text(hub.read_text() + extra.replace("subscription]", "limit]"))
+    with pytest.raises(ConfigError, match=r"hub\.toml: (unknown table|a number)"):
+        load_config(hub)
+    officer = tmp_path / "officer.toml"
+    officer.write_text('[officer]\nnation = "FR"\n' + extra)
+    with pytest.raises(click.BadParameter, match=r"officer\.toml: (unknown table|a number)"):
+        _load_file(officer)

@@ -324,6 +324,10 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
         f'[hub]\nlisten = "127.0.0.1:0"\nkey = "{fed_dir}/hub/hub.key"\ntrust = "{fed_dir}"\ndatabase = "x.db"\n'
         '[topics.FR]\npublish = ["a.>.b"]\n': "topics.FR.publish",
         "[hub\n": "not valid TOML",
+        base.replace(f"{fed_dir}/hub/hub.key", "k" * 300): "(File name too long); give a shorter, valid path",
+        base + "[limit]\nwindow = 3\n": "hub.toml: unknown table [limit] (did you mean [limits]?)",
+        base + "[extra]\na = 1\n": "hub.toml: unknown table [extra]; the tables are [hub], [limits], [retention], [topics]",
+        base + "[limits]\nwindow = " + "9" * 5000 + "\n": "hub.toml: a number in it has thousands of digits",
         # Values the protocol or SQLite could not honour: refused at start, naming the field.
         base + "[retention]\ndays = 1e308\n": "retention.days: at most 3660",
         base + "[retention]\ndays = 1e300\n": "retention.days: at most 3660",

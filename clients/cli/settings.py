@@ -23,13 +23,15 @@ Relative paths in the file are relative to the file.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from hub.confpath import parse_toml
+from hub.protocol.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,15 +61,12 @@ class Settings:
 
 def _load_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
-        doc = tomllib.loads(path.read_text("utf-8"))
+        doc = parse_toml(path.read_text("utf-8"), str(path), ("officer", "defaults"))
     except FileNotFoundError:
         raise click.BadParameter(f"{path} does not exist", param_hint="--config") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
-    for k in doc:
-        if k not in ("officer", "defaults"):
-            raise click.BadParameter(f"{path}: unknown section [{k}] (expected [officer] and [defaults])",
-                                     param_hint="--config")
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        raise click.BadParameter(f"{path}: {exc}" if not isinstance(exc, ConfigError) else str(exc),
+                                 param_hint="--config") from None
     officer = doc.get("officer", {})
     defaults = doc.get("defaults", {})
     for k in officer:

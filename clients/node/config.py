@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import difflib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from hub.confpath import config_path, exists, read_config
+from hub.confpath import config_path, exists, parse_toml, read_config
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
 
-_TOP: Final = {"node", "subscriptions", "receipts", "filters", "watchlists", "sinks", "witness"}
+_TOP: Final = ("node", "subscriptions", "receipts", "filters", "watchlists", "sinks", "witness")
 _NODE: Final = {"nation", "hub", "key", "cert", "trust", "store", "ca_file", "window", "log_level", "officer_cert",
                  "crypto_workers"}
 
@@ -59,11 +58,7 @@ def _unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
 
 
 def parse_node_config(text: str, path: Path) -> NodeConfig:
-    try:
-        doc = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: e.g. an integer of 5000 digits
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    _unknown(doc, _TOP, str(path.name))
+    doc = parse_toml(text, str(path), _TOP)
     node = doc.get("node")
     if not isinstance(node, dict):
         raise ConfigError(f"{path}: missing [node] section (nation, hub, key, cert, trust, store)")

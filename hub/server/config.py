@@ -7,13 +7,12 @@ Relative paths are relative to the configuration file. See ``examples/hub.toml``
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Collection
 from typing import Any, Final
 
-from hub.confpath import config_path, exists, read_config
+from hub.confpath import config_path, exists, parse_toml, read_config
 from hub.protocol.envelope import MAX_PACKET_SIZE, MAX_RECIPIENTS
 from hub.protocol.errors import ConfigError, ValidationError
 from hub.protocol.topics import check_pattern
@@ -114,11 +113,7 @@ def _patterns(v: Any, where: str) -> tuple[str, ...]:
 
 
 def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
-    try:
-        doc = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, ValueError) as exc:  # ValueError: e.g. an integer of 5000 digits
-        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
-    _check_keys(doc, {"hub", "limits", "retention", "topics"}, source)
+    doc = parse_toml(text, source, ("hub", "limits", "retention", "topics"))
     hub = doc.get("hub")
     if not isinstance(hub, dict):
         raise ConfigError(f"{source}: missing [hub] section (listen, key, trust, database)")
