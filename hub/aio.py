@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -88,3 +89,20 @@ class TurnBatcher(Generic[T, R]):
         for (_, fut), result in zip(chunk, results):
             if not fut.done():
                 fut.set_result(result)
+
+
+#: The first SIGTERM or SIGINT noted by :func:`defer_stop_signals`.
+_stop_requested: list[int] = []
+
+
+def defer_stop_signals() -> None:
+    """From a service's first moments, SIGTERM and SIGINT are noted rather than fatal: a hub told
+    to stop while it opens its database finishes starting, then drains at once and says so
+    (it died with code 143 and no log line). The event loop's own handlers take over once serving."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: _stop_requested.append(signum))
+
+
+def stop_requested() -> int | None:
+    """The signal that asked to stop before the event loop's handlers were installed, if any."""
+    return _stop_requested[0] if _stop_requested else None

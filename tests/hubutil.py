@@ -39,10 +39,10 @@ def hub_config(fed_dir: Path, db: Path, **kw: Any) -> HubConfig:
 
 
 @asynccontextmanager
-async def running_hub(config: HubConfig, **app_kw: Any) -> AsyncIterator[tuple[str, Any]]:
-    """The real hub app on a real socket; yields (base URL, app)."""
+async def running_hub(config: HubConfig, port: int = 0, **app_kw: Any) -> AsyncIterator[tuple[str, Any]]:
+    """The real hub app on a real socket (127.0.0.1, a free port unless given); yields (base URL, app)."""
     app = create_app(config, **app_kw)
-    server = TestServer(app, host="127.0.0.1", port=0)
+    server = TestServer(app, host="127.0.0.1", port=port)
     await server.start_server()
     try:
         yield str(server.make_url("")).rstrip("/"), app

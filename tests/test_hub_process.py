@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import random
+import signal
 import socket
 import sqlite3
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from hub.protocol.errors import ProtocolError
 from hub.protocol.federation import Federation
 from hub.protocol.suites import CLASSIC
 
-from .hubutil import HubProcess, assert_refused, hub_cli, hub_toml, node_client, seal_for
+from .hubutil import ROOT, HubProcess, assert_refused, hub_cli, hub_toml, node_client, seal_for
 
 ALL = ("CA", "DE", "FR", "GB", "IT", "JP", "US")
 
@@ -131,13 +135,40 @@ async def test_sigterm_drains_with_close_code(fed: Federation, fed_dir: Path, tm
         async with aiohttp.ClientSession() as s:
             async with s.ws_connect(url + "/v1/ws") as ws:
                 await ws.receive()  # hello
-                hub.proc.send_signal(__import__("signal").SIGTERM)  # type: ignore[union-attr]
+                hub.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
                 msg = await ws.receive(timeout=10)
                 assert msg.type == aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
         assert hub.proc.wait(15) == 0  # type: ignore[union-attr]
         assert "draining" in (tmp_path / "hub.log").read_text()
     finally:
         hub.kill()
+
+
+def test_sigterm_while_starting_stops_the_hub_cleanly(fed_dir: Path, tmp_path: Path) -> None:
+    """A SIGTERM while the hub loads its keys and database: it finishes starting, drains at once,
+    says so in its log and exits 0 (it died with 143 and no log line)."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, tmp_path / "hub.db"))
+    log = tmp_path / "hub.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "clients", "hub", "serve", "--config", str(cfg)],
+                                stdout=out, stderr=out, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 20
+        while True:  # until the process catches SIGTERM (bit 15 of SigCgt): its deferring handler is in
+            caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                          if line.startswith("SigCgt:"))
+            if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "while starting" in text and "draining" in text, text
 
 
 async def test_the_log_stays_one_json_object_per_line_whatever_clients_send(fed_dir: Path, tmp_path: Path) -> None:

@@ -244,3 +244,45 @@ async def test_a_subscription_dropped_from_the_configuration_is_removed_at_the_h
         async with running_nodes({"FR": make_node("FR", fed_dir, url, tmp_path, one)}) as nodes:
             assert storage.subscription_names("FR") == ["main"]
             assert nodes["FR"].st.store.hub_subscriptions() == ["main"]
+
+
+async def test_a_node_started_while_the_hub_is_down_waits_for_it_and_stops_when_told(
+        fed: Federation, fed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It neither gives up on the hub after a minute nor ignores a stop while it waits."""
+    import asyncio
+    import socket
+
+    from clients.node import service as node_service
+
+    monkeypatch.setattr(node_service, "START_WARN_EVERY", 0.3)  # several rounds of waiting, not one
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    subs = '[[subscriptions]]\nname = "main"\npatterns = [">"]\n'
+
+    # Stopped while waiting: it returns, promptly, without an error.
+    waiting = make_node("DE", fed_dir, url, tmp_path / "a", subs)
+    stop = asyncio.Event()
+    run = asyncio.create_task(waiting.run(stop))
+    await asyncio.sleep(1.0)
+    assert not run.done()
+    stop.set()
+    await asyncio.wait_for(run, 10)
+
+    # Left waiting: it connects and subscribes once the hub comes up.
+    fr = make_node("FR", fed_dir, url, tmp_path / "b", subs)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    run = asyncio.create_task(fr.run(stop, ready))
+    try:
+        await asyncio.sleep(1.5)
+        assert not run.done() and not ready.is_set()
+        async with running_hub(hub_config(fed_dir, tmp_path / "hub.db"), port=port) as (_, app):
+            await asyncio.wait_for(ready.wait(), 30)
+            assert app[RELAY].storage.subscription_names("FR") == ["main"]
+            stop.set()
+            await asyncio.wait_for(run, 10)
+    finally:
+        stop.set()
+        if not run.done():
+            run.cancel()

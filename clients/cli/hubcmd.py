@@ -25,6 +25,11 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
     """Serve protocol v1 (WebSocket /v1/ws, HTTP /v1/publish, /healthz, /metrics) until SIGTERM."""
     import asyncio
 
+    from hub.aio import defer_stop_signals
+
+    if not check:
+        defer_stop_signals()
+
     from hub.logs import setup_logging
     from hub.server.app import check_port_file, load_identity, tls_context
     from hub.server.app import serve as run

@@ -26,6 +26,10 @@ def run(config_path: Path, check: bool) -> None:
     import asyncio
     import signal
 
+    from hub.aio import defer_stop_signals, stop_requested
+
+    if not check:
+        defer_stop_signals()  # a SIGTERM while the store opens: the node starts, then stops at once
     from clients.node.config import load_node_config
     from clients.node.service import NodeService
     from hub.logs import setup_logging
@@ -44,6 +48,8 @@ def run(config_path: Path, check: bool) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if stop_requested() is not None:
+            stop.set()
         await service.run(stop)
 
     asyncio.run(main())

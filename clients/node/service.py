@@ -23,7 +23,7 @@ from functools import partial
 from collections.abc import AsyncIterator
 from typing import Any, Callable, TypeVar
 
-from clients.connection import Delivery, HubClient
+from clients.connection import RETRY_SUB_CODES, Delivery, HubClient
 from hub.aio import wait_event
 from hub.keyfiles import load_certificate, load_private_keys, load_trust_dir
 from hub.protocol import codec, envelope
@@ -43,6 +43,10 @@ from .store import Incoming, NodeStore
 from .watch import LogWatcher
 
 log = logging.getLogger("intelhub.node")
+#: Failures of connecting and subscribing at start that are tried again: the hub down or slow.
+START_RETRY_CODES = RETRY_SUB_CODES | {"unreachable", "timeout"}
+#: Seconds between "still not connected" warnings while the node waits for the hub at start.
+START_WARN_EVERY = 60.0
 T = TypeVar("T")
 
 #: Packet types that get receipts (receipts themselves do not, or they would echo forever).
@@ -502,6 +506,26 @@ class NodeService:
 
     # -- the service ---------------------------------------------------------------------
 
+    async def _start(self, ready: asyncio.Event | None) -> None:
+        """Connect and subscribe, for as long as it takes: the hub may be down when the node starts
+        (the client reconnects with backoff meanwhile); a refusal for good ends it."""
+        while True:
+            try:
+                await self.client.wait_connected(timeout=START_WARN_EVERY)
+                for s in self.config.subscriptions:
+                    cursor = await self.client.subscribe(s.name, s.patterns)
+                    await self.st.call(self.st.store.subscribed, s.name, s.patterns)
+                    log.info("%s subscribed %s to %s from log index %d", self.me.nation, s.name,
+                             ",".join(s.patterns), cursor)
+                break
+            except ProtocolError as exc:
+                if self.client.fatal or exc.code not in START_RETRY_CODES:
+                    raise
+                log.warning("%s node not connected and subscribed yet (%s); still trying", self.me.nation, exc)
+        await self._unsubscribe_dropped()
+        if ready:
+            ready.set()
+
     async def run(self, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
         import aiohttp
 
@@ -521,14 +545,19 @@ class NodeService:
         gone_task = asyncio.create_task(self.client.wait_stopped())
         gone_task.add_done_callback(lambda _: stop.set() if self.client.fatal else None)
         try:
-            await self.client.wait_connected(timeout=60)
-            for s in self.config.subscriptions:
-                cursor = await self.client.subscribe(s.name, s.patterns)
-                await self.st.call(self.st.store.subscribed, s.name, s.patterns)
-                log.info("%s subscribed %s to %s from log index %d", self.me.nation, s.name, ",".join(s.patterns), cursor)
-            await self._unsubscribe_dropped()
-            if ready:
-                ready.set()
+            # Interrupted by a stop: a node started while the hub is down must still stop on SIGTERM.
+            starting = asyncio.create_task(self._start(ready))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                if self.client.fatal:
+                    raise self.client.fatal
+                log.info("%s node stopped before it was connected and subscribed", self.me.nation)
+                return
+            starting.result()
             await self.pipeline(stop)
             if self.client.fatal:
                 raise self.client.fatal

@@ -19,6 +19,7 @@ from aiohttp import WSCloseCode, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from hub.aio import stop_requested
 from hub.keyfiles import load_private_keys, load_trust_dir
 from hub.protocol import codec, frames
 from hub.protocol.errors import ConfigError, DecodeError, IntelhubError, KeyFileError, ProtocolError
@@ -296,6 +297,10 @@ async def _serve_until_stopped(runner: web.AppRunner, ready: asyncio.Event | Non
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    early = stop_requested()
+    if early is not None:
+        log.info("hub told to stop (signal %d) while starting", early)
+        stop.set()
     # Everything loaded so far (modules, the trust store, the app) lives as long as the process:
     # out of the collector's sight, a full collection scans only what serving creates. Measured
     # at 500 packets/s, collections of the whole heap stalled the event loop 20-40 ms each.
