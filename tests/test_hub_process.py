@@ -297,3 +297,24 @@ async def test_a_hub_that_cannot_serve_says_why_in_one_line(fed_dir: Path, tmp_p
         busy = tmp_path / "busy.toml"
         busy.write_text(hub_toml(fed_dir, db, listen=f"127.0.0.1:{port}"))
         assert_refused(hub_cli("serve", busy), 2, f"hub.listen: cannot listen on 127.0.0.1:{port}")
+
+
+def test_a_request_body_that_never_all_arrives_is_answered_408_and_the_connection_closed(
+        fed_dir: Path, tmp_path: Path) -> None:
+    """A slow sender holds a connection for auth_timeout and about a second more, not ten."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, tmp_path / "hub.db", limits={"auth_timeout": 0.5}))
+    hub = HubProcess(cfg, tmp_path / "hub.log")
+    hub.start()
+    try:
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as s:
+            s.sendall(b"POST /v1/publish HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"\x81" * 10)
+            t0 = time.monotonic()
+            got = b""
+            while chunk := s.recv(4096):  # to the hub's close
+                got += chunk
+            held = time.monotonic() - t0
+        assert got.startswith(b"HTTP/1.1 408 ") and b'"code":"timeout"' in got, got
+        assert 0.4 < held < 3.0, held
+    finally:
+        assert hub.stop() == 0

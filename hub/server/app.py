@@ -35,6 +35,8 @@ from .sqlite_store import SQLiteStorage
 
 #: Seconds a session gets to take its close frame at shutdown before its connection is cut.
 SHUTDOWN_CLOSE_TIMEOUT = 2.0
+#: Seconds the hub still reads a request body it already answered (so the answer is not lost to a reset).
+LINGERING_TIME = 1.0
 
 log = logging.getLogger("intelhub.hub")
 
@@ -257,7 +259,9 @@ async def serve(config: HubConfig, *, port_file: Path | None = None, ready: asyn
         check_port_file(port_file, config)
     ctx = tls_context(config)  # before the database is opened: a bad pair leaves nothing behind
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    # lingering_time: how long aiohttp reads on after answering a request whose body did not all
+    # come (a 408 after auth_timeout, a 413): by default 10 s more of a slow sender's connection.
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0, lingering_time=LINGERING_TIME)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.listen_host, config.listen_port, ssl_context=ctx, reuse_address=True)
