@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -98,9 +99,23 @@ _stop_requested: list[int] = []
 def defer_stop_signals() -> None:
     """From a service's first moments, SIGTERM and SIGINT are noted rather than fatal: a hub told
     to stop while it opens its database finishes starting, then drains at once and says so
-    (it died with code 143 and no log line). The event loop's own handlers take over once serving."""
+    (it died with code 143 and no log line). A second one of the same signal takes its default
+    effect (Ctrl-C twice at a passphrase prompt aborts). The event loop's own handlers take over
+    once serving."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, _frame: _stop_requested.append(signum))
+        signal.signal(sig, _note_stop)
+
+
+def _note_stop(signum: int, _frame: object) -> None:
+    if signum not in _stop_requested:
+        _stop_requested.append(signum)
+        return
+    # The same signal twice: whatever the start is waiting for (a passphrase prompt, a hung
+    # disk) is not worth waiting for. It takes its default effect now.
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def stop_requested() -> int | None:

@@ -58,6 +58,9 @@ def parse_toml(text: str, source: str, tables: Sequence[str]) -> dict[str, Any]:
     except ValueError:  # Python's own limit on integer digits, hit while parsing
         raise ConfigError(f"{source}: a number in it has thousands of digits; no setting takes such a value") \
             from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(f"{source}: arrays or tables nested hundreds deep; no setting takes such a value") \
+            from None
     for k in doc:
         if k not in tables:
             hint = difflib.get_close_matches(k, tables, n=1)

@@ -12,7 +12,14 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
+
+def read_only_uri(path: Path | str) -> str:
+    """The URI that opens ``path`` read-only (``sqlite3.connect(..., uri=True)``): built from the
+    path as a file URI, so a file name with ``?`` or ``#`` in it is still that file."""
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
 
 #: Bound parameters per statement: SQLite's limit before 3.32, so any SQLite a Python links takes it.
 MAX_PARAMS: Final[int] = 999

@@ -68,3 +68,35 @@ def test_a_configuration_file_with_a_table_or_number_no_setting_takes_says_so(
     officer.write_text('[officer]\nnation = "FR"\n' + extra)
     with pytest.raises(click.BadParameter, match=r"officer\.toml: (unknown table|a number)"):
         _load_file(officer)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("officer = 1\n", "officer must be a table"),
+    ("defaults = \"ab\"\n", "defaults must be a table"),
+    ("[officer]\nkey = 5\n", "officer.key must be a string"),
+    ("[officer]\nstore = \"a\\u0000b\"\n", "officer.store: the path contains a NUL character"),
+    ("[defaults]\ntlp = 5\n", "defaults.tlp must be a string"),
+    ("[defaults]\nhandling = [1]\n", "defaults.handling must be a list of codes"),
+    ("x = " + "[" * 2000 + "]" * 2000 + "\n", "nested hundreds deep"),
+])
+def test_the_officers_settings_file_names_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
+    import click
+
+    from clients.cli.settings import _load_file
+
+    path = tmp_path / "officer.toml"
+    path.write_text(text)
+    with pytest.raises(click.BadParameter, match=re.escape(message)):
+        _load_file(path)
+
+
+def test_the_officers_settings_file_takes_the_documented_example(tmp_path: Path) -> None:
+    from clients.cli import settings
+
+    doc = settings.__doc__ or ""
+    example = doc[doc.index("[officer]"):doc.index("Relative paths")]
+    path = tmp_path / "officer.toml"
+    path.write_text(example.replace("\n    ", "\n"))
+    values, defaults = settings._load_file(path)
+    assert values["nation"] == "IT" and values["key"] == str(tmp_path / "keys/example/IT/officer.key")
+    assert defaults == {"tlp": "AMBER", "handling": ["H2"], "source": "B", "information": "2", "to": "all"}

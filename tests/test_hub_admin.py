@@ -73,3 +73,24 @@ def test_listing_needs_a_database(fed_dir: Path, tmp_path: Path) -> None:
     cfg.write_text(hub_toml(fed_dir, tmp_path / "missing.db"))
     assert_refused(hub_cli("subscriptions", cfg), 5, "no hub database there")
     assert not (tmp_path / "missing.db").exists()
+
+
+async def test_a_database_whose_name_has_uri_characters_is_read_as_itself(fed: Federation, fed_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    """Read-only opens go through a file URI: "hub?x#1.db" is that file, not "hub" (which they created)."""
+    db = tmp_path / "hub?x#1.db"
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db))
+    async with running_hub(hub_config(fed_dir, db)) as (url, _):
+        fr = node_client(fed, "FR", url)
+        await fr.start()
+        try:
+            await fr.wait_connected(10)
+            await fr.subscribe("main", [">"])
+        finally:
+            await fr.close()
+    r = hub_cli("subscriptions", cfg, "--json")
+    assert r.returncode == 0, r.stderr
+    assert [s["name"] for s in json.loads(r.stdout)["subscriptions"]] == ["main"]
+    assert hub_cli("serve", cfg, "--check").returncode == 0
+    assert not (tmp_path / "hub").exists()

@@ -72,23 +72,41 @@ def _other_federation(tmp_path: Path) -> Path:
     return d
 
 
+def _files(db: Path) -> tuple[bytes, bytes]:
+    """What the database holds: the file and its write-ahead log (a reader may leave an empty one,
+    and the shared-memory index, which hold nothing)."""
+    wal = Path(f"{db}-wal")
+    return db.read_bytes(), wal.read_bytes() if wal.exists() else b""
+
+
 async def test_a_hub_refuses_another_federations_database(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
     async with running_hub(hub_config(fed_dir, db)) as (url, _):
         assert await _publish_one(fed, url) == 0
-    other = hub_config(_other_federation(tmp_path), db)
+    other_dir = _other_federation(tmp_path)
+    other = hub_config(other_dir, db)
+    before = _files(db)
     with pytest.raises(ConfigError, match="holds the log of hub 'hub' of federation 'intelhub-test'"):
         async with running_hub(other):
             pass
+    assert _files(db) == before, "a refused database was written to"
     # A database from before owner records: its checkpoint tells whose log it is.
     conn = sqlite3.connect(db)
     with conn:
         conn.execute("DELETE FROM blobs WHERE kind = ?", (OWNER_KIND,))
         assert conn.execute("SELECT COUNT(*) FROM blobs WHERE kind = 'checkpoint'").fetchone()[0] == 1
     conn.close()
-    with pytest.raises(ConfigError, match="checkpoints this hub's key did not sign"):
+    before = _files(db)
+    with pytest.raises(ConfigError, match="whose checkpoint this hub's key did not sign"):
         async with running_hub(other):
             pass
+    assert _files(db) == before, "a refused database was written to"
+    cfg = tmp_path / "other.toml"
+    cfg.write_text(hub_toml(other_dir, db))
+    assert_refused(hub_cli("serve", cfg, "--check"), 2, "whose checkpoint this hub's key did not sign")
+    # rotate-key is from a recorded owner only: it cannot be used to take an unrecorded log.
+    assert_refused(hub_cli("rotate-key", cfg), 2, "records no owner yet")
+    assert _files(db) == before
     # Refusals leave it as it was: its own hub takes it back, log and all.
     async with running_hub(hub_config(fed_dir, db)) as (url, app):
         assert app[RELAY].storage.size() == 1
@@ -150,3 +168,18 @@ async def test_a_rotated_hub_key_is_taken_over_only_by_rotate_key(fed: Federatio
     old = tmp_path / "old.toml"
     old.write_text(hub_toml(fed_dir, db))
     assert_refused(hub_cli("serve", old), 2, "older than serial 2")
+
+
+def test_check_refuses_a_database_of_a_newer_schema(fed_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "hub.db"
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db))
+    hub = HubProcess(cfg, tmp_path / "hub.log")
+    hub.start()
+    assert hub.stop() == 0
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO schema_migrations VALUES (99, 'future')")
+    conn.close()
+    for command in (("serve",), ("serve", "--check")):
+        assert_refused(hub_cli(*command[:1], cfg, *command[1:]), 5, "schema version 99, newer than this intelhub")

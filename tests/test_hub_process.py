@@ -318,3 +318,56 @@ def test_a_request_body_that_never_all_arrives_is_answered_408_and_the_connectio
         assert 0.4 < held < 3.0, held
     finally:
         assert hub.stop() == 0
+
+
+def test_ctrl_c_twice_at_the_passphrase_prompt_aborts_the_start(tmp_path: Path) -> None:
+    """Signals during start are deferred (see the SIGTERM test); a second Ctrl-C still aborts."""
+    import pty
+    import select
+
+    from hub.keyfiles import write_federation
+    from hub.protocol.federation import G7, create_federation
+
+    fed = create_federation(G7, now=int(time.time()), seed=b"passphrase-prompt", name="prompt-test")
+    write_federation(fed, tmp_path / "fed", b"a passphrase", example=True)  # every private key encrypted
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(tmp_path / "fed", tmp_path / "hub.db"))
+    env = {k: v for k, v in os.environ.items() if k != "INTELHUB_PASSPHRASE"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the hub on a terminal, asking for its key's passphrase
+        os.chdir(ROOT)
+        os.execve(sys.executable, [sys.executable, "-m", "clients", "hub", "serve", "--config", str(cfg)],
+                  {**env, "PYTHONPATH": str(ROOT)})
+    out = b""
+
+    def read_until(needle: bytes, seconds: float) -> None:
+        nonlocal out
+        end = time.monotonic() + seconds
+        while needle not in out and time.monotonic() < end:
+            if select.select([fd], [], [], 0.1)[0]:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:  # the child is gone
+                    return
+
+    reaped = False
+    try:
+        read_until(b"Passphrase for", 20)
+        assert b"Passphrase for" in out, out
+        os.write(fd, b"\x03")  # Ctrl-C: noted, the prompt stays
+        read_until(b"Aborted", 1)
+        reaped = os.waitpid(pid, os.WNOHANG)[0] == pid
+        assert not reaped, "the first Ctrl-C ended the start"
+        os.write(fd, b"\x03")
+        read_until(b"Aborted", 10)
+        deadline = time.monotonic() + 10
+        while not reaped and time.monotonic() < deadline:
+            reaped = os.waitpid(pid, os.WNOHANG)[0] == pid
+            time.sleep(0.05)
+        assert reaped, "two Ctrl-C did not abort the start"
+        assert b"Aborted" in out and not (tmp_path / "hub.db").exists(), out
+    finally:
+        if not reaped:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)

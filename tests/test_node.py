@@ -286,3 +286,39 @@ async def test_a_node_started_while_the_hub_is_down_waits_for_it_and_stops_when_
         stop.set()
         if not run.done():
             run.cancel()
+
+
+async def test_a_node_whose_subscription_the_hub_cannot_store_yet_backs_off(
+        fed: Federation, fed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A hub whose disk refuses writes answers `unavailable`: the node asks again with backoff
+    (not thousands of times a second), warns now and then, and subscribes once the disk is back."""
+    import asyncio
+    import logging
+
+    from hub.protocol.errors import StoreError
+
+    caplog.set_level(logging.WARNING, "intelhub.node")
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db")) as (url, app):
+        storage = app[RELAY].storage
+        real, calls = storage.subscribe, []
+
+        async def failing_disk(*a: object, **kw: object) -> object:
+            calls.append(time.monotonic())
+            if len(calls) <= 6:
+                raise StoreError("database or disk is full")
+            return await real(*a, **kw)
+
+        monkeypatch.setattr(storage, "subscribe", failing_disk)
+        fr = make_node("FR", fed_dir, url, tmp_path, '[[subscriptions]]\nname = "main"\npatterns = [">"]\n')
+        stop, ready = asyncio.Event(), asyncio.Event()
+        run = asyncio.create_task(fr.run(stop, ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            assert len(calls) == 7 and storage.subscription_names("FR") == ["main"]
+        finally:
+            stop.set()
+            await asyncio.wait_for(run, 10)
+    warnings = [r for r in caplog.records if "not connected and subscribed yet" in r.getMessage()]
+    assert 1 <= len(warnings) <= 2, [r.getMessage() for r in warnings]
+    assert calls[-1] - calls[0] > 0.05, "no backoff between the attempts"  # none: a few ms

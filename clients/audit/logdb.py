@@ -26,6 +26,7 @@ from typing import Any, Final
 from hub.migrations import migrate
 from hub.protocol import codec
 from hub.protocol.errors import StoreError
+from hub.sqlrows import read_only_uri
 
 from .tlog import b64
 
@@ -113,7 +114,7 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     p = Path(path)
     try:
         if readonly:
-            conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(read_only_uri(p), uri=True, isolation_level=None, check_same_thread=False)
             return conn
         conn = sqlite3.connect(p, isolation_level=None, check_same_thread=False, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")

@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from hub.sqlrows import read_only_uri
+
 
 @dataclass(frozen=True)
 class StoredPacket:
@@ -26,7 +28,7 @@ class StoredPacket:
 
 
 def open_readonly(path: Path | str) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    return sqlite3.connect(read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False)
 
 
 def received_indexes(conn: sqlite3.Connection) -> dict[int, str | None]:

@@ -34,18 +34,17 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
     from hub.server.app import check_port_file, load_identity, tls_context
     from hub.server.app import serve as run
     from hub.server.config import load_config
-    from hub.server.owner import OWNER_KEY, OWNER_KIND, LogOwner, check_owner
-    from hub.server.sqlite_store import read_blob
+    from hub.server.log import checkpoint_opener
+    from hub.server.owner import decide
 
     config = load_config(config_path)
     if port_file is not None:
         check_port_file(port_file, config, config_path)
     if check:
         # Everything serve checks before it listens, without writing anything.
-        trust, _ = load_identity(config)
+        trust, signing = load_identity(config)
         tls_context(config)
-        owner = read_blob(config.database, OWNER_KIND, OWNER_KEY)
-        check_owner(LogOwner.decode(owner) if owner is not None else None, LogOwner.of(trust.roster))
+        decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing))
         click.echo(f"{config_path}: OK; {len(trust.roster.nations)} nations, {len(trust.certs)} certificates, "
                    f"{'TLS' if config.tls_cert else 'plain HTTP on loopback'}, database {config.database}")
         return
@@ -67,23 +66,26 @@ def rotate_key(config_path: Path) -> None:
 
     from hub.server.app import load_identity
     from hub.server.config import load_config
-    from hub.server.owner import LogOwner, bind
+    from hub.server.log import checkpoint_opener
+    from hub.server.owner import decide, record
     from hub.server.sqlite_store import SQLiteStorage
 
     config = load_config(config_path)
-    trust, _ = load_identity(config)
+    trust, signing = load_identity(config)
     if not config.database.is_file():
         raise click.ClickException(f"hub.database: {config.database} does not exist; there is nothing to rotate")
+    old, new = decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing), rotate=True)
+    assert old is not None and new is not None  # a rotation is from a recorded owner, and always writes
 
-    async def run() -> tuple[LogOwner | None, LogOwner]:
-        storage = SQLiteStorage(config.database)
+    async def run() -> None:
+        storage = SQLiteStorage(config.database)  # takes the lock: refused while a hub serves it
         try:
-            return await bind(storage, trust.roster, rotate=True)
+            await record(storage, new)
         finally:
             await storage.close()
 
-    old, new = asyncio.run(run())
-    click.echo(f"{config.database}: passed from {old.describe() if old else 'no recorded owner'} "
+    asyncio.run(run())
+    click.echo(f"{config.database}: passed from {old.describe()} "
                f"to {new.describe()}; the next checkpoint is signed by the new key")
 
 
@@ -124,8 +126,10 @@ def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
     if not subs:
         click.echo("no subscriptions" + (f" of {nation}" if nation else ""))
         return
+    # A subscription that acknowledged before its hub recorded when (schema 3) shows "unknown", not "never".
     click.echo(table([(s.nation, s.name, " ".join(s.patterns), s.cursor, s.owed, _ago(now, s.oldest_owed)
-                       if s.owed else "", _ago(now, s.acked_at), _ago(now, s.created)) for s in subs],
+                       if s.owed else "", "unknown" if s.acked_at is None and s.cursor >= 0 else _ago(now, s.acked_at),
+                       _ago(now, s.created)) for s in subs],
                      ("NATION", "NAME", "PATTERNS", "CURSOR", "OWED", "OLDEST OWED", "LAST ACK", "CREATED")))
 
 

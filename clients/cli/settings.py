@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import click
 
-from hub.confpath import parse_toml
+from hub.confpath import config_path, parse_toml
 from hub.protocol.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -69,15 +69,31 @@ def _load_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                                  param_hint="--config") from None
     officer = doc.get("officer", {})
     defaults = doc.get("defaults", {})
-    for k in officer:
+    for name, table in (("officer", officer), ("defaults", defaults)):
+        if not isinstance(table, dict):
+            raise click.BadParameter(f"{path}: {name} must be a table ([{name}])", param_hint="--config")
+    for k, v in officer.items():
         if k not in _FIELDS:
             raise click.BadParameter(f"{path}: officer.{k} is not a setting ({', '.join(sorted(_FIELDS))})",
                                      param_hint="--config")
-    for k in defaults:
+        if not isinstance(v, str) or not v:
+            raise click.BadParameter(f"{path}: officer.{k} must be a string, e.g. {k} = \"...\"",
+                                     param_hint="--config")
+    for k, v in defaults.items():
         if k not in _DEFAULTS:
             raise click.BadParameter(f"{path}: defaults.{k} is not a default ({', '.join(sorted(_DEFAULTS))})",
                                      param_hint="--config")
-    values = {k: (str((path.parent / v).resolve()) if k in _PATHS else v) for k, v in officer.items()}
+        if k == "handling" and not (isinstance(v, list) and all(isinstance(c, str) for c in v)):
+            raise click.BadParameter(f"{path}: defaults.handling must be a list of codes, e.g. handling = [\"H2\"]",
+                                     param_hint="--config")
+        if k != "handling" and not isinstance(v, str) and not (k == "information" and type(v) is int):
+            raise click.BadParameter(f"{path}: defaults.{k} must be a string, e.g. {k} = \"...\"",
+                                     param_hint="--config")
+    try:
+        values = {k: (str(config_path(path.parent, v, f"officer.{k}")) if k in _PATHS else v)
+                  for k, v in officer.items()}
+    except ConfigError as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--config") from None
     return values, defaults
 
 

@@ -14,6 +14,7 @@ import asyncio
 import datetime
 import logging
 import os
+import random
 import ssl
 import time
 from collections import Counter, OrderedDict
@@ -509,6 +510,8 @@ class NodeService:
     async def _start(self, ready: asyncio.Event | None) -> None:
         """Connect and subscribe, for as long as it takes: the hub may be down when the node starts
         (the client reconnects with backoff meanwhile); a refusal for good ends it."""
+        base, cap = self.client.backoff
+        attempt, warned = 0, -float("inf")
         while True:
             try:
                 await self.client.wait_connected(timeout=START_WARN_EVERY)
@@ -521,7 +524,12 @@ class NodeService:
             except ProtocolError as exc:
                 if self.client.fatal or exc.code not in START_RETRY_CODES:
                     raise
-                log.warning("%s node not connected and subscribed yet (%s); still trying", self.me.nation, exc)
+                if time.monotonic() - warned >= START_WARN_EVERY:
+                    warned = time.monotonic()
+                    log.warning("%s node not connected and subscribed yet (%s); still trying", self.me.nation, exc)
+                # A hub that answers "unavailable" at once is not asked again at once (full jitter).
+                await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** attempt)))
+                attempt = min(attempt + 1, 30)
         await self._unsubscribe_dropped()
         if ready:
             ready.set()

@@ -15,7 +15,7 @@ from typing import Any
 
 from hub.protocol.errors import StoreError
 
-from .sqlite_store import check_database, register_functions
+from .sqlite_store import check_database, connect_read_only, register_functions
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def subscriptions(path: Path, now: int, nation: str | None = None) -> list[Subsc
     if not path.is_file():
         raise StoreError(f"{path}: no hub database there; check hub.database")
     try:
-        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        c = connect_read_only(path)
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot open it read-only ({exc})") from None
     try:

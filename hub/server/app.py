@@ -28,7 +28,7 @@ from hub.protocol.trust import Trust
 
 from .config import HubConfig
 from .metrics import Metrics
-from .owner import bind
+from .owner import decide, record
 from .relay import Relay
 from .session import Session
 from .sqlite_store import SQLiteStorage
@@ -149,15 +149,18 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         trust, signing = load_identity(config)
         metrics = Metrics()
+        from .log import HubLog, checkpoint_opener
+
+        # Before the database is opened for writing: a refused one is left exactly as it was.
+        _, owner = decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing))
         storage = SQLiteStorage(config.database)
         try:
-            from .log import HubLog, checkpoint_opener
-
-            await bind(storage, trust.roster, checkpoint_verifies=checkpoint_opener(trust.roster.hub_name, signing))
             storage.on_commit = metrics.on_commit
             relay = relay_factory(config, trust, storage, metrics)
             relay.load_directory()
             relay.hub_log = (log_factory or HubLog)(relay, signing, sessions=app[SESSIONS])
+            if owner is not None:  # once the rest has started: a failed start records nothing
+                await record(storage, owner)
         except BaseException:
             await storage.close()  # releases the database for the next start
             raise

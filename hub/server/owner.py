@@ -11,12 +11,16 @@ refused (a rolled-back trust directory could bring back a nation or key the fede
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 from hub.protocol import codec
 from hub.protocol.errors import ConfigError, DecodeError, IntelhubError
 from hub.protocol.roster import Roster
+
+from .sqlite_store import inspect_database
 
 #: (kind, key) of the owner record among the database's blobs.
 OWNER_KIND: Final = "owner"
@@ -85,28 +89,41 @@ def check_owner(stored: LogOwner | None, current: LogOwner, *, rotate: bool = Fa
     return current if current.serial != stored.serial else None
 
 
-async def bind(storage: Any, roster: Roster, *, rotate: bool = False,
-               checkpoint_verifies: Any = None) -> tuple[LogOwner | None, LogOwner]:
-    """Check the database's owner against this hub and record it: (the stored owner, the new one).
-
-    A database written before owner records has none: it is taken if it holds no leaves, or if
-    ``checkpoint_verifies(note)`` accepts one of its stored checkpoints (signed by this hub's key)
-    or it has none; otherwise refused like a database of another hub."""
-    blobs = dict(storage.blobs(OWNER_KIND))
-    stored = LogOwner.decode(blobs[OWNER_KEY]) if OWNER_KEY in blobs else None
-    current = LogOwner.of(roster)
-    if stored is None and storage.size() > 0 and checkpoint_verifies is not None:
-        notes = [note for _, note in storage.blobs("checkpoint")]
-        if notes and not any(_verifies(checkpoint_verifies, n) for n in notes):
-            raise ConfigError(f"hub.database holds a log of {storage.size()} packets whose checkpoints this hub's "
-                              "key did not sign; give this hub its own database file")
-    new = check_owner(stored, current, rotate=rotate)
-    if new is not None:
-        await storage.put_blob(OWNER_KIND, OWNER_KEY, new.encode())
-    return stored, current
+#: The blobs :func:`decide` reads: the owner record and the latest stored checkpoint.
+STATE_BLOBS: Final = ((OWNER_KIND, OWNER_KEY), ("checkpoint", b"latest"))
 
 
-def _verifies(check: Any, note: bytes) -> bool:
+def decide(path: Path, roster: Roster, checkpoint_verifies: Callable[[bytes], Any], *,
+           rotate: bool = False) -> tuple[LogOwner | None, LogOwner | None]:
+    """Whether this hub (the roster's, whose key ``checkpoint_verifies`` checks checkpoints with)
+    may use the database at ``path``, read without writing anything: (the stored owner, the owner
+    record to write once the database is open: None if the stored one stands), or ConfigError /
+    StoreError.
+
+    A database from before owner records is taken if it holds no leaves, or if this hub's key
+    signed its stored checkpoint (or none was signed yet); ``rotate`` needs an owner record."""
+    state = inspect_database(path, STATE_BLOBS)
+    raw = state.blobs.get((OWNER_KIND, OWNER_KEY))
+    stored = LogOwner.decode(raw) if raw is not None else None
+    if stored is None:
+        if rotate:
+            raise ConfigError("hub.database records no owner yet, so there is no key to rotate from: start the "
+                              "hub once with the key and roster that wrote it (it records itself), then rotate")
+        note = state.blobs.get(("checkpoint", b"latest"))
+        if state.leaves and note is not None and not _verifies(checkpoint_verifies, note):
+            raise ConfigError(f"hub.database holds a log of {state.leaves} packets whose checkpoint this hub's key "
+                              "did not sign: give this hub its own database file (or, if it is this hub's log "
+                              "under its previous key, start the hub once with that key and roster, then run "
+                              "`intelhub hub rotate-key`)")
+    return stored, check_owner(stored, LogOwner.of(roster), rotate=rotate)
+
+
+async def record(storage: Any, owner: LogOwner) -> None:
+    """Write the owner record :func:`decide` returned, once the hub has opened the database."""
+    await storage.put_blob(OWNER_KIND, OWNER_KEY, owner.encode())
+
+
+def _verifies(check: Callable[[bytes], Any], note: bytes) -> bool:
     try:
         check(note)
     except IntelhubError:

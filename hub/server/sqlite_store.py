@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from hub.migrations import migrate
-from hub.sqlrows import insert_rows, select_in
+from hub.sqlrows import insert_rows, read_only_uri, select_in
 from hub.protocol.logformat import leaf_hash_for
 from hub.protocol.errors import StoreError
 from hub.protocol.topics import any_match_cached
@@ -163,6 +163,11 @@ APPLICATION_ID: Final = 0x49485542
 _HUB_TABLES: Final = {"packets", "subscriptions", "acks", "blobs", "schema_migrations"}
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write (as a URI: a file name with ? or # in it is still that file)."""
+    return sqlite3.connect(read_only_uri(path), uri=True)
+
+
 def check_database(path: Path) -> None:
     """Refuse, without writing to it, a file that is not a hub database: another program's SQLite
     database, a node's store, or no database at all. A missing or empty file is a new database."""
@@ -173,7 +178,7 @@ def check_database(path: Path) -> None:
     if not path.is_file():
         raise StoreError(f"{path}: not a file; give the hub database a file path")
     try:
-        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        c = connect_read_only(path)
         try:
             app_id = c.execute("PRAGMA application_id").fetchone()[0]
             tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -187,22 +192,44 @@ def check_database(path: Path) -> None:
     raise StoreError(f"{path}: not a hub database ({what}); give the hub its own file")
 
 
-def read_blob(path: Path, kind: str, key: bytes) -> bytes | None:
-    """One stored blob, read without writing (``serve --check``); None if the file or blob is absent."""
+@dataclass(frozen=True)
+class DatabaseState:
+    """What a hub database holds, read without writing (see hub.server.owner)."""
+
+    #: (kind, key) -> data of the blobs asked for that it holds
+    blobs: dict[tuple[str, bytes], bytes]
+    #: packets in its log
+    leaves: int
+
+
+def inspect_database(path: Path, blobs: tuple[tuple[str, bytes], ...] = ()) -> DatabaseState:
+    """The state of the hub database at ``path`` without writing to it (not even a WAL switch):
+    refused as :func:`check_database` does, or if its schema is newer than this intelhub's."""
     check_database(path)
     if not path.is_file() or path.stat().st_size == 0:
-        return None
+        return DatabaseState({}, 0)
     try:
-        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        c = connect_read_only(path)
         try:
-            if not c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blobs'").fetchone():
-                return None
-            row = c.execute("SELECT data FROM blobs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "schema_migrations" in tables:
+                version = c.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
+                if version > len(MIGRATIONS):
+                    raise StoreError(f"{path}: hub database is at schema version {version}, newer than this "
+                                     f"intelhub ({len(MIGRATIONS)}); upgrade intelhub")
+            if not _HUB_TABLES <= tables:
+                return DatabaseState({}, 0)
+            found = {}
+            for kind, key in blobs:
+                row = c.execute("SELECT data FROM blobs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+                if row is not None:
+                    found[(kind, key)] = bytes(row[0])
+            last = c.execute("SELECT MAX(log_index) FROM packets").fetchone()[0]
+            return DatabaseState(found, 0 if last is None else last + 1)
         finally:
             c.close()
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot read it ({exc})") from None
-    return None if row is None else bytes(row[0])
 
 
 def _lock(path: Path) -> int:
