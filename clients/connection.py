@@ -38,6 +38,12 @@ RETRY_SUB_CODES = frozenset({"unavailable", "rate_limited"})
 STABLE_AFTER = 5.0
 #: Seconds acks wait to share a frame (see :meth:`HubClient.ack`).
 ACK_DELAY = 0.01
+#: Seconds for the TCP connection, TLS and the WebSocket upgrade together.
+HANDSHAKE_TIMEOUT = 30.0
+#: Seconds a send on a connection may wait for the hub to read before the connection is cut.
+SEND_TIMEOUT = 30.0
+#: Seconds close() gives the last acks and the close frame before it cuts the connection.
+CLOSE_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,11 +157,18 @@ class HubClient:
             await asyncio.wait({self._task})
 
     async def close(self) -> None:
-        if self._acks:
-            await self._flush_acks()  # acks made just before closing still reach the hub
+        ws = self._ws
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):  # a hub that stopped reading takes neither
+                if self._acks:
+                    await asyncio.shield(self._flush_acks())  # acks made just before closing still reach the hub
+                self._closing = True
+                if ws is not None:
+                    await ws.close()
+        except TimeoutError:
+            if ws is not None:
+                _abort(ws)
         self._closing = True
-        if self._ws is not None:
-            await self._ws.close()
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -191,10 +204,9 @@ class HubClient:
         self._pending[rid] = (fut, t, fields, frame)
         try:
             if self.connected.is_set() and self._ws is not None:
-                try:
-                    await self._ws.send_bytes(frame)
-                except (ConnectionError, RuntimeError, aiohttp.ClientError):
-                    pass  # re-sent after reconnecting
+                # Sent beside the wait, not before it: a hub that stops reading must not hold the
+                # request past its timeout (nor close()), and the send is not cancelled with it.
+                self._send_soon(self._ws, frame)
             async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
                 return await fut
         except TimeoutError:
@@ -223,7 +235,13 @@ class HubClient:
         """Remove a subscription for good: the hub forgets its cursor and stops keeping packets for it."""
         _check_name(name)
         self._subs.pop(name, None)  # not renewed any more, whatever the answer
-        await self._request("unsub", timeout, name=name)
+        before = self.connects
+        try:
+            await self._request("unsub", timeout, name=name)
+        except ProtocolError as exc:
+            # Sent again after a reconnect: the first copy may have removed it and lost its answer.
+            if exc.code != "unknown_subscription" or self.connects == before:
+                raise
 
     async def post(self, kind: str, data: bytes, timeout: float = 30.0) -> None:
         await self._request("post", timeout, kind=kind, data=data)
@@ -290,8 +308,13 @@ class HubClient:
 
     async def _connect_once(self) -> None:
         assert self._session is not None
-        async with self._session.ws_connect(self.url, max_msg_size=frames.MAX_FRAME, heartbeat=30.0,
-                                            ssl=self.ssl or True, autoping=True) as ws:
+        # A hub (or a proxy before it) that takes the TCP connection and never answers the upgrade
+        # must not hold this loop for aiohttp's default five minutes. MAX_FRAME + 1: aiohttp refuses
+        # a message of max_msg_size bytes or more, and MAX_FRAME is the largest frame allowed.
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            ws = await self._session.ws_connect(self.url, max_msg_size=frames.MAX_FRAME + 1, heartbeat=30.0,
+                                                ssl=self.ssl or True, autoping=True)
+        async with ws:
             hello = frames.decode_frame(await self._recv(ws, 30.0), frames.HUB_TO_NODE)
             if hello["t"] != "hello":
                 raise ProtocolError(f"expected hello, got {hello['t']}", "protocol")
@@ -310,13 +333,19 @@ class HubClient:
             self.connects += 1
             self._up_since = asyncio.get_running_loop().time()
             self._refusal = None
-            # Resume: re-send every request still waiting for an answer, then renew the subscriptions.
-            for rid, (fut, _, _, frame) in sorted(self._pending.items()):
-                if not fut.done():
-                    await ws.send_bytes(frame)
+            # Resume: renew the subscriptions, then re-send every request still waiting for an answer,
+            # those made during these sends too (they see no connection yet, so they do not send
+            # themselves), until none is left; then, with no await in between, the connection is up.
             for name in list(self._subs):
                 if not any(t == "sub" and f.get("name") == name for _, t, f, _ in self._pending.values()):
                     await self._renew(ws, name)
+            sent: set[int] = set()
+            while todo := [rid for rid in sorted(self._pending) if rid not in sent]:
+                for rid in todo:
+                    sent.add(rid)
+                    entry = self._pending.get(rid)
+                    if entry is not None and not entry[0].done():
+                        await self._send_or_drop(ws, entry[3])
             self.connected.set()
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
@@ -324,6 +353,34 @@ class HubClient:
                 self._dispatch(frames.decode_frame(msg.data, frames.HUB_TO_NODE))
             if ws.close_code is not None and ws.close_code == 4001:
                 raise ProtocolError(self._refusal or "authentication failed", "unauthenticated")
+
+    def _send_soon(self, ws: aiohttp.ClientWebSocketResponse, frame: bytes) -> asyncio.Future[None]:
+        """Send ``frame`` in a task of its own; its failure only means a re-send after reconnecting.
+
+        Never cancelled by a caller's timeout: aiohttp's senders share one drain future, and
+        cancelling one waiting send cancels that future under every other (seen as
+        CancelledError in unrelated requests). Tasks start in order, so frames keep theirs."""
+
+        async def send() -> None:
+            try:
+                await ws.send_bytes(frame)
+            except (ConnectionError, RuntimeError, aiohttp.ClientError):
+                pass
+
+        task = asyncio.ensure_future(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _send_or_drop(self, ws: aiohttp.ClientWebSocketResponse, frame: bytes) -> None:
+        """Send on a connection the hub may have stopped reading: past SEND_TIMEOUT it is cut (a
+        plain close would wait for the full buffer to drain) and the loop connects again."""
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
+                await asyncio.shield(self._send_soon(ws, frame))
+        except TimeoutError:
+            _abort(ws)
+            raise ConnectionError(f"the hub took no data for {SEND_TIMEOUT:g} s") from None
 
     @staticmethod
     async def _recv(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> bytes:
@@ -340,7 +397,7 @@ class HubClient:
         self._rid += 1
         self._renewals[self._rid] = name
         try:
-            await ws.send_bytes(frames.encode_frame("sub", rid=self._rid, name=name, patterns=list(patterns)))
+            await self._send_or_drop(ws, frames.encode_frame("sub", rid=self._rid, name=name, patterns=list(patterns)))
         except (ConnectionError, RuntimeError, aiohttp.ClientError):
             pass  # renewed after reconnecting
 
@@ -391,6 +448,14 @@ class HubClient:
             return
         if entry and not entry[0].done():
             entry[0].set_result(f)
+
+
+def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Cut a connection at once, unsent data and all (aiohttp has no public abort)."""
+    conn = getattr(getattr(ws, "_response", None), "connection", None)
+    transport = getattr(conn, "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 def _check_name(name: str) -> None:

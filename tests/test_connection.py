@@ -398,3 +398,138 @@ def test_plain_http_to_a_host_merely_containing_loopback_is_refused(fed_dir: Pat
     127.0.0.1.attacker.example got plain http, packets and all."""
     with pytest.raises(ConfigError, match="plain http is only allowed to 127.0.0.1"):
         _parse_with_hub(fed_dir, tmp_path, url)
+
+
+async def test_a_request_of_exactly_the_largest_frame_gets_an_answer_not_a_reconnect_loop(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """MAX_FRAME is the largest frame allowed: the hub takes it (aiohttp refused max_msg_size and up)."""
+    async with running_hub(_config(fed_dir, tmp_path)) as (url, _):
+        async with node_client(fed, "IT", url, backoff=(0.05, 0.2)) as it:
+            await it.wait_connected(5)
+            rid = it._rid + 1
+            n = frames.MAX_FRAME - len(frames.encode_frame("pub", rid=rid, packet=b"", cert=None))
+            while len(frames.encode_frame("pub", rid=rid, packet=b"\0" * n, cert=None)) > frames.MAX_FRAME:
+                n -= 1
+            assert len(frames.encode_frame("pub", rid=rid, packet=b"\0" * n, cert=None)) == frames.MAX_FRAME
+            with pytest.raises(ProtocolError) as info:  # over the hub's packet limit: a refusal, at once
+                await it.publish(b"\0" * n, timeout=3)
+            assert info.value.code == "too_large" and it.connects == 1
+
+
+async def test_requests_keep_their_timeout_and_close_is_prompt_when_the_hub_stops_reading(
+        fed: Federation, fed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub's publish stage is stuck (a store that never answers) and its session holds one
+    publish at a time, so it stops reading: megabyte publishes fill the socket. Each still ends
+    with `timeout` after its own second, and close() does not wait on the full buffer."""
+    async with running_hub(_config(fed_dir, tmp_path, max_pending_publishes=1)) as (url, app):
+        stuck = asyncio.Event()
+
+        async def never_answers(*a: Any, **kw: Any) -> Any:
+            await stuck.wait()
+            raise StoreError("never")
+
+        monkeypatch.setattr(app[RELAY], "publish", never_answers)
+        c = node_client(fed, "IT", url)
+        await c.start()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await c.wait_connected(5)
+            tasks = [asyncio.create_task(c.publish(b"\x01" * 1_000_000, timeout=1)) for _ in range(12)]
+            done, pending = await asyncio.wait(tasks, timeout=6)
+            assert not pending, f"{len(pending)} of 12 publishes outlived their 1 s timeout"
+            assert {getattr(t.exception(), "code", None) for t in done} == {"timeout"}
+            t0 = time.monotonic()
+            await asyncio.wait_for(c.close(), connection.CLOSE_TIMEOUT + 5)
+            assert time.monotonic() - t0 < connection.CLOSE_TIMEOUT + 2
+        finally:
+            stuck.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await c.close()
+
+
+async def test_a_request_made_while_a_reconnect_resends_the_backlog_is_sent_too(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """Between the hub's welcome and the connection counting as up, the client re-sends what
+    waited; a request made meanwhile is sent in that sweep (it was left waiting for its timeout)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = node_client(fed, "IT", f"http://127.0.0.1:{port}", backoff=(0.05, 0.1))
+    await c.start()
+    backlog = [asyncio.create_task(c.publish(b"\x01" * 900_000, timeout=20)) for _ in range(8)]
+    late: list[asyncio.Task[Any]] = []
+
+    async def in_the_window() -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if c._ws is not None and not c.connected.is_set():
+                late.append(asyncio.create_task(c.publish(seal_for(fed, "IT", ["FR"]), timeout=5)))
+                return
+            await asyncio.sleep(0)
+
+    spy = asyncio.create_task(in_the_window())
+    try:
+        async with running_hub(hub_config(fed_dir, tmp_path / "hub.db"), port=port):
+            await c.wait_connected(10)
+            await asyncio.wait_for(spy, 10)
+            assert late, "the test did not catch the client between welcome and up"
+            await asyncio.gather(*backlog, return_exceptions=True)  # refused: not packets
+            assert (await late[0]).index == 0
+    finally:
+        spy.cancel()
+        await c.close()
+
+
+async def test_an_unsub_sent_again_after_a_reconnect_counts_as_done(
+        fed: Federation, fed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub removed the subscription and the connection dropped before its `ok`: the copy sent
+    after reconnecting finds nothing to remove, and unsubscribe() still succeeds."""
+    async with running_hub(_config(fed_dir, tmp_path)) as (url, app):
+        storage = app[RELAY].storage
+        real, calls = storage.unsubscribe, []
+
+        async def remove_then_drop(nation: str, name: str) -> bool:
+            existed = await real(nation, name)
+            calls.append(existed)
+            if len(calls) == 1:
+                for s in list(app[SESSIONS]):
+                    if s.nation == nation:
+                        s.abort()
+            return existed
+
+        monkeypatch.setattr(storage, "unsubscribe", remove_then_drop)
+        async with node_client(fed, "FR", url, backoff=(0.05, 0.1)) as fr:
+            await fr.wait_connected(5)
+            await fr.subscribe("old", [">"])
+            await fr.unsubscribe("old", timeout=5)
+            assert calls == [True, False] and fr.connects == 2
+            assert storage.subscription_names("FR") == []
+            with pytest.raises(ProtocolError, match="has no subscription"):  # not re-sent: still an error
+                await fr.unsubscribe("never-was", timeout=5)
+
+
+async def test_a_hub_that_never_answers_the_upgrade_is_given_up_on_and_tried_again(
+        fed: Federation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener that takes the TCP connection and says nothing (a hung hub or proxy)."""
+    monkeypatch.setattr(connection, "HANDSHAKE_TIMEOUT", 0.5)
+    accepted: list[float] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(time.monotonic())
+        try:
+            await asyncio.sleep(30)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = node_client(fed, "FR", f"http://127.0.0.1:{port}", backoff=(0.05, 0.1))
+    await c.start()
+    try:
+        await asyncio.sleep(2.5)
+        assert len(accepted) >= 3, accepted  # was one attempt, held for aiohttp's five minutes
+    finally:
+        await asyncio.wait_for(c.close(), 10)
+        server.close()

@@ -60,7 +60,8 @@ def _error(exc: ProtocolError) -> web.Response:
 async def ws_handler(request: web.Request) -> web.StreamResponse:
     # No aiohttp heartbeat (it restarts on every byte, so a peer dripping one frame forever would
     # never be closed): Session.watchdog pings on a fixed clock and closes silent peers.
-    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME, heartbeat=None, autoping=False, compress=False)
+    # + 1: aiohttp refuses a message of max_msg_size bytes or more; MAX_FRAME itself is allowed.
+    ws = web.WebSocketResponse(max_msg_size=frames.MAX_FRAME + 1, heartbeat=None, autoping=False, compress=False)
     await ws.prepare(request)
     session = Session(request.app[RELAY], ws, request.remote or "?")
     request.app[SESSIONS].add(session)
