@@ -60,8 +60,9 @@ from .logutil import checkpoint_at_least, fast_config, watcher
 from .nodeutil import make_node, running_nodes, until
 
 NO_RECEIPTS = "[receipts]\ndelivered = false\n"
-#: Codes a tampered packet may earn at the hub: never "accepted".
-REFUSED = {"malformed", "invalid_packet", "untrusted_signer"}
+#: Codes a tampered packet may earn at the hub: never "accepted". (A flipped bit in ``created`` can
+#: put it beyond every verifier's future bound, checked before the signature: ``clock_skew``.)
+REFUSED = {"malformed", "invalid_packet", "untrusted_signer", "clock_skew"}
 
 
 @pytest.fixture(scope="module")
@@ -365,8 +366,9 @@ async def test_stale_future_and_expired_timestamps(fed: Federation, fed_dir: Pat
     """Stale or future timestamps. Layer: hub acceptance checks (§8.5) and verification (§5.7 step 3).
 
     With ``max_clock_skew = 60``: created 120 s ago or ahead is ``clock_skew``; an hour ahead fails
-    every verifier's 300 s future bound first (``untrusted_signer``); expired is ``expired``. 30 s
-    either way is inside the window and accepted.
+    every verifier's 300 s future bound first, and is ``clock_skew`` too (the sender's clock is
+    wrong, not its certificate); expired is ``expired``. 30 s either way is inside the window and
+    accepted. With ``max_clock_skew = 3600``, 400 s behind is accepted and 400 s ahead is not.
     """
     async with running_hub(cfg(fed_dir, tmp_path, max_clock_skew=60)) as (url, app):
         async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url) as fr:
@@ -374,8 +376,8 @@ async def test_stale_future_and_expired_timestamps(fed: Federation, fed_dir: Pat
             await fr.subscribe("main", [">"])
             t = now()
             cases = {
-                "clock_skew": [seal(fed, "IT", ["FR"], now=t - 120), seal(fed, "IT", ["FR"], now=t + 120)],
-                "untrusted_signer": [seal(fed, "IT", ["FR"], now=t + 3600)],
+                "clock_skew": [seal(fed, "IT", ["FR"], now=t - 120), seal(fed, "IT", ["FR"], now=t + 120),
+                               seal(fed, "IT", ["FR"], now=t + 3600)],
                 "expired": [seal(fed, "IT", ["FR"], now=t - 30, lifetime=10)],
             }
             for code, raws in cases.items():
@@ -387,6 +389,15 @@ async def test_stale_future_and_expired_timestamps(fed: Federation, fed_dir: Pat
             for dt in (-30, 30):
                 await serves(it, fr, seal(fed, "IT", ["FR"], now=t + dt))
             assert stored(app) == 2
+            assert await http_refused(url, pub_body(cases["clock_skew"][2])) == (400, "clock_skew")
+    (tmp_path / "wide").mkdir()
+    async with running_hub(cfg(fed_dir, tmp_path / "wide", max_clock_skew=3600)) as (url, app):
+        async with node_client(fed, "IT", url) as it, node_client(fed, "FR", url) as fr:
+            await connected(it, fr)
+            await fr.subscribe("main", [">"])
+            t = now()
+            assert await refused(it, seal(fed, "IT", ["FR"], now=t + 400)) == "clock_skew"
+            await serves(it, fr, seal(fed, "IT", ["FR"], now=t - 400))
 
 
 # == certificates ===========================================================================================
@@ -729,7 +740,7 @@ async def test_bit_flips_anywhere_are_refused_by_the_hub(fed: Federation, fed_di
     (ciphertext, wrapped key, digests, id, signature; bit positions rotate), about 2,200 packets
     pipelined over one authenticated session. (Every bit of every byte, 9,400 packets, takes 10-20 s
     on a 2-core machine; an opaque byte string is covered by a digest or the signature as a whole.)
-    Each is refused (``malformed``, ``invalid_packet`` or ``untrusted_signer``), none stored, and
+    Each is refused (``malformed``, ``invalid_packet``, ``untrusted_signer`` or ``clock_skew``), none stored, and
     the session then accepts the original.
     """
     raw = seal(fed, "IT", ["FR"])

@@ -55,7 +55,7 @@ async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed:
     r = hub_cli("subscriptions", cfg)
     assert r.returncode == 0, r.stderr
     header, _, *rows = r.stdout.splitlines()
-    assert header.split()[:5] == ["NATION", "NAME", "PATTERNS", "CURSOR", "OWED"]
+    assert header.split()[:6] == ["NATION", "NAME", "PATTERNS", "ACKED", "TO", "OWED"]
     old = next(row for row in rows if row.split()[1] == "old")
     assert old.split()[4] == "3" and "never" in old
 
@@ -94,3 +94,33 @@ async def test_a_database_whose_name_has_uri_characters_is_read_as_itself(fed: F
     assert [s["name"] for s in json.loads(r.stdout)["subscriptions"]] == ["main"]
     assert hub_cli("serve", cfg, "--check").returncode == 0
     assert not (tmp_path / "hub").exists()
+
+
+async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """FR subscribes to everything but the hub's topic rules let FR receive alerts only: the notices
+    addressed to FR are passed by, and the subscription's cursor on disk moves past them even though
+    FR acknowledges nothing, so they are neither owed to it nor kept for it."""
+    from hub.server.admin import subscriptions
+    from hub.server.app import RELAY
+
+    db = tmp_path / "hub.db"
+    config = hub_config(fed_dir, db, limits={"ack_timeout": 0.2},
+                        topics='[topics.FR]\nsubscribe = ["alerts.>"]\n')
+    async with running_hub(config) as (url, app):
+        fr, it = node_client(fed, "FR", url), node_client(fed, "IT", url)
+        for c in (fr, it):
+            await c.start()
+            await c.wait_connected(10)
+        try:
+            await fr.subscribe("main", [">"])
+            for _ in range(3):
+                await it.publish(seal_for(fed, "IT", ["FR"], topic="notices.general"), timeout=10)
+            deadline = time.monotonic() + 10
+            while (s := subscriptions(db, int(time.time()), "FR")[0]).owed and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert s.owed == 0 and s.cursor == 2, s
+            assert fr.deliveries.empty()
+            assert await app[RELAY].storage.purge(int(time.time()), 0) == 3
+        finally:
+            await fr.close()
+            await it.close()

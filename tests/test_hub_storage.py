@@ -345,12 +345,12 @@ async def test_purge_waits_for_every_subscription_of_a_recipient_its_topic_match
         await st.subscribe("FR", "archive", (">",))
         await st.ack("FR", "alerts", [], 1)  # FR's first subscription took both
         await st.ack("FR", "archive", [1], -1)  # the second acknowledged index 1 only (above its cursor)
-        assert await st.purge(ACCEPTED + 100, 10) == 1, "purged a packet FR/archive never acknowledged"
+        assert await st.purge(ACCEPTED + 100, 0) == 1, "purged a packet FR/archive never acknowledged"
         assert bodies(st, "FR") == {0: raw_of(0), 1: None}
         await st.ack("FR", "archive", [], 0)  # its cursor reaches index 0
-        assert await st.purge(ACCEPTED + 100, 10) == 1
+        assert await st.purge(ACCEPTED + 100, 0) == 1
         assert bodies(st, "FR") == {0: None, 1: None}
-        assert await st.purge(ACCEPTED + 100, 10) == 0
+        assert await st.purge(ACCEPTED + 100, 0) == 0
     finally:
         await st.close()
 
@@ -365,12 +365,12 @@ async def test_purge_holds_a_packet_only_for_subscriptions_its_topic_matches(tmp
         # FR/alerts' cursor passes both (the feed skips what its patterns do not match); FR/reports
         # and IT/all acknowledge nothing.
         await st.ack("FR", "alerts", [0], 1)
-        assert await st.purge(ACCEPTED + 100, 10) == 1
+        assert await st.purge(ACCEPTED + 100, 0) == 1
         # alerts.x was owed to FR/alerts only; reports.y is still owed to FR/reports, whose patterns
         # match it (FR/alerts' cursor passing it says nothing: it was never FR/alerts' to take).
         assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
         await st.ack("FR", "reports", [1], -1)
-        assert await st.purge(ACCEPTED + 100, 10) == 1
+        assert await st.purge(ACCEPTED + 100, 0) == 1
         assert bodies(st, "FR") == {0: None, 1: None}
     finally:
         await st.close()
@@ -384,32 +384,54 @@ async def test_purge_owes_a_recipient_nation_without_a_subscription_until_the_pa
         assert await appended(st, [addressed(0, ("DE", "FR"), expires=expires)]) == [0]
         await st.ack("FR", "main", [], 0)
         # DE has not subscribed yet (its node was never connected): it would be delivered the packet.
-        assert await st.purge(ACCEPTED + 100, 10) == 0
-        assert await st.purge(expires, 10) == 0  # expires at that second, not before
+        assert await st.purge(ACCEPTED + 100, 0) == 0
+        assert await st.purge(expires - 1, 0) == 0
         assert bodies(st, "DE") == {0: raw_of(0)}
-        assert await st.purge(expires + 1, 10) == 1
+        assert await st.purge(expires, 0) == 1  # at its expiry nobody is delivered it any more
         assert bodies(st, "DE") == bodies(st, "FR") == {0: None}
     finally:
         await st.close()
 
 
-async def test_purge_keeps_every_body_through_retention_and_drops_expired_ones_after_it(tmp_path: Path) -> None:
+async def test_purge_keeps_a_body_the_retention_period_from_when_nobody_is_owed_it(tmp_path: Path) -> None:
+    """Retention counts from the last acknowledgement (or the expiry), as seen by a purge: a packet
+    acknowledged after a retention period from its acceptance is still kept a whole one."""
     st = SQLiteStorage(tmp_path / "hub.db")
     try:
         await st.subscribe("FR", "main", (">",))
-        # 0: acknowledged; 1: never acknowledged, expires 50 s after its acceptance; 2: already expired
-        # when the retention of 10 s ends.
+        # 0: acknowledged at once; 1: never, expires 50 s after its acceptance; 2: expires after 5 s;
+        # 3: acknowledged 100 s after its acceptance.
         assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",), expires=ACCEPTED + 50),
-                                   addressed(2, ("FR",), expires=ACCEPTED + 5)]) == [0, 1, 2]
+                                   addressed(2, ("FR",), expires=ACCEPTED + 5), addressed(3, ("FR",))]) == [0, 1, 2, 3]
         await st.ack("FR", "main", [0], -1)
-        for now in (ACCEPTED, ACCEPTED + 8, ACCEPTED + 10):  # within retention (accepted at the cutoff included)
-            assert await st.purge(now, 10) == 0, now
-        assert bodies(st, "FR") == {0: raw_of(0), 1: raw_of(1), 2: raw_of(2)}
-        assert await st.purge(ACCEPTED + 11, 10) == 2  # the acknowledged one and the expired one
-        assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: None}
-        assert await st.purge(ACCEPTED + 50, 10) == 0  # 1 expires at that second
-        assert await st.purge(ACCEPTED + 51, 10) == 1  # expired: purged, unacknowledged
-        assert bodies(st, "FR") == {0: None, 1: None, 2: None}
+        assert await st.purge(ACCEPTED, 10) == 0  # 0 released now
+        assert await st.purge(ACCEPTED + 8, 10) == 0  # 2 expired (released) now
+        assert await st.purge(ACCEPTED + 10, 10) == 1  # 0, ten seconds after its release
+        assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: raw_of(2), 3: raw_of(3)}
+        assert await st.purge(ACCEPTED + 17, 10) == 0
+        assert await st.purge(ACCEPTED + 18, 10) == 1  # 2
+        await st.ack("FR", "main", [3], 0)
+        assert await st.purge(ACCEPTED + 100, 10) == 0  # 3 released now: kept, though accepted 100 s ago
+        assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: None, 3: raw_of(3)}
+        assert await st.purge(ACCEPTED + 109, 10) == 0
+        assert await st.purge(ACCEPTED + 110, 10) == 2  # 3, and 1 (expired at +50, released then)
+        assert bodies(st, "FR") == {0: None, 1: None, 2: None, 3: None}
+    finally:
+        await st.close()
+
+
+async def test_a_released_body_owed_again_to_a_new_subscription_is_kept_for_it(tmp_path: Path) -> None:
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        assert await appended(st, [addressed(0, ("FR",))]) == [0]
+        await st.ack("FR", "main", [0], -1)
+        assert await st.purge(ACCEPTED, 10) == 0  # released
+        await st.subscribe("FR", "archive", (">",))  # starts below it: owed it
+        assert await st.purge(ACCEPTED + 60, 10) == 0
+        assert bodies(st, "FR") == {0: raw_of(0)}
+        await st.ack("FR", "archive", [], 0)
+        assert await st.purge(ACCEPTED + 61, 10) == 1  # released long enough ago, owed to nobody again
     finally:
         await st.close()
 

@@ -108,7 +108,8 @@ def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
     """List the durable subscriptions and the packets each holds (read-only; the hub may be running).
 
     A subscription keeps every packet it matches until it acknowledges it or the packet
-    expires. One that nobody consumes any more (a node gone, or its store lost) shows here
+    expires. ACKED TO: every matching packet up to this log index was acknowledged (the node
+    resumes after it). One that nobody consumes any more (a node gone, or its store lost) shows here
     with an old last acknowledgement and a growing OWED: remove it with `unsubscribe`.
     """
     from hub.protocol.certs import check_nation
@@ -127,10 +128,11 @@ def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
         click.echo("no subscriptions" + (f" of {nation}" if nation else ""))
         return
     # A subscription that acknowledged before its hub recorded when (schema 3) shows "unknown", not "never".
-    click.echo(table([(s.nation, s.name, " ".join(s.patterns), s.cursor, s.owed, _ago(now, s.oldest_owed)
+    click.echo(table([(s.nation, s.name, " ".join(s.patterns), s.cursor if s.cursor >= 0 else "-", s.owed,
+                       _ago(now, s.oldest_owed)
                        if s.owed else "", "unknown" if s.acked_at is None and s.cursor >= 0 else _ago(now, s.acked_at),
                        _ago(now, s.created)) for s in subs],
-                     ("NATION", "NAME", "PATTERNS", "CURSOR", "OWED", "OLDEST OWED", "LAST ACK", "CREATED")))
+                     ("NATION", "NAME", "PATTERNS", "ACKED TO", "OWED", "OLDEST OWED", "LAST ACK", "CREATED")))
 
 
 @hub.command("unsubscribe")

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from . import codec
 from .certs import NATION_CODES, Certificate
 from .content import validate_content
-from .errors import DecodeError, InvalidPacket, UntrustedSigner, ValidationError
+from .errors import DecodeError, FutureSkew, InvalidPacket, UntrustedSigner, ValidationError
 from .keys import KemKey, SigningKey, signing_input
 from .suites import CONTENT_KEY_LEN, DEFAULT_SUITE, SUITES, WRAPPED_KEY_OVERHEAD, Suite, get_suite
 from .trust import Trust
@@ -534,7 +534,8 @@ def check_signer(h: Header | HeaderPeek, trust: Trust, now: int) -> Certificate:
     if h.suite.id not in trust.roster.suites:
         raise UntrustedSigner(f"suite {h.suite.id} is not allowed by the roster ({', '.join(trust.roster.suites)})")
     if h.created > now + MAX_FUTURE_SKEW:
-        raise UntrustedSigner(f"packet created {h.created - now} s in the future (check the sender's clock)")
+        raise FutureSkew(f"packet created {h.created - now} s in the future, more than the {MAX_FUTURE_SKEW} s "
+                         "any verifier allows; check the sender's clock")
     return trust.signer(h.sender_cert, h.sender, h.created)
 
 

@@ -58,6 +58,13 @@ class UntrustedSigner(IntelhubError):
     code = "untrusted_signer"
 
 
+class FutureSkew(UntrustedSigner):
+    """The packet says it was created further ahead of the verifier's clock than any verifier
+    accepts (its signer cannot be judged at a time that has not come): the sender's clock is wrong."""
+
+    code = "clock_skew"
+
+
 class KeyFileError(IntelhubError, ValueError):
     """A key, certificate, roster or revocation file cannot be used."""
 

@@ -143,7 +143,7 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
         if p is not None and not exists(p, f"hub.{key}", kind=kind):
             raise ConfigError(f"hub.{key}: {p} is not a {'directory' if kind == 'dir' else 'regular file'}")
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
-        raise ConfigError(f"hub.listen: {host} is not loopback; plain HTTP is only allowed on 127.0.0.1 (set tls_cert and tls_key)")
+        raise ConfigError(f"hub.listen: {host} is not loopback; plain HTTP is only allowed on loopback (127.0.0.1, ::1, localhost); set tls_cert and tls_key")
     log_level = _typed(hub, "log_level", str, "hub", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("hub.log_level: must be one of debug, info, warning, error")

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 from hub.aio import TurnBatcher
 from hub.protocol import envelope
 from hub.protocol.roster import RevocationList
-from hub.protocol.errors import DecodeError, IntelhubError, InvalidPacket, ProtocolError, StoreError, UntrustedSigner
+from hub.protocol.errors import (DecodeError, FutureSkew, IntelhubError, InvalidPacket, ProtocolError, StoreError,
+                                 UntrustedSigner)
 from hub.protocol.topics import any_match_cached
 from hub.protocol.trust import Trust
 
@@ -257,6 +258,8 @@ class Relay:
             raise reject("malformed", str(exc)) from None
         except InvalidPacket as exc:
             raise reject("invalid_packet", str(exc)) from None
+        except FutureSkew as exc:  # the protocol's own limit ahead, before max_clock_skew is looked at
+            raise reject("clock_skew", str(exc)) from None
         except UntrustedSigner as exc:
             raise reject("untrusted_signer", str(exc)) from None
         h = v.header

@@ -160,6 +160,12 @@ class Feed:
                             self.inflight[index] = (time.monotonic(), accepted_at)
                             self.relay.metrics.redelivered.inc()
                             await self.session.deliver(self.name, rows[:1])
+                    # Packets the feed passed without delivering (patterns or topic rules) and nothing
+                    # waiting: the cursor moves past them on disk too, so they are not held for it.
+                    if not self.inflight and not self.unflushed and not self.flush_scheduled \
+                            and self.scan_pos > self.cursor:
+                        self.cursor = self.scan_pos
+                        self.relay.spawn(self.relay.storage.ack(self.nation, self.name, [], self.scan_pos))
                 gauge.set(len(self.inflight))
                 # One timer per check period, kept across wake-ups, rather than a timeout around each
                 # wait: at 500 packets/s a feed wakes for every commit, and setting up and cancelling

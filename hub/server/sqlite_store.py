@@ -100,8 +100,28 @@ MIGRATIONS: Final = [
     """
     ALTER TABLE subscriptions ADD COLUMN acked_at INTEGER;
     """,
+    # When nobody was owed a packet any more: its body is kept the retention period from then,
+    # not from its acceptance (one acknowledged on day 31 of 30 went at the next purge). NULL:
+    # still owed. The partial indexes keep the purge's two passes off the ever-growing rows of
+    # leaves whose bodies are gone; a commit adds one index entry per packet, as before.
+    """
+    ALTER TABLE packets ADD COLUMN released_at INTEGER;
+    DROP INDEX packets_purge;
+    CREATE INDEX packets_held ON packets (log_index) WHERE raw IS NOT NULL AND released_at IS NULL;
+    CREATE INDEX packets_released ON packets (released_at) WHERE raw IS NOT NULL AND released_at IS NOT NULL;
+    """,
 ]
 
+#: SQL: nobody is owed the packet (``packets``) any more: it expired, or no recipient nation has a
+#: subscription owed it (one with no subscription at all is owed everything addressed to it).
+_NOT_OWED: Final = """(expires <= :now OR NOT EXISTS (
+    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND (
+        NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.nation = r.nation)
+        OR EXISTS (
+            SELECT 1 FROM subscriptions s WHERE s.nation = r.nation
+            AND s.cursor < r.log_index AND topic_matches(s.patterns, packets.topic)
+            AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
+                            AND a.log_index = r.log_index)))))"""
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
 _SCAN: Final = ("SELECT log_index FROM packet_recipients WHERE log_index > ? AND log_index <= ? AND nation = ? "
                 "ORDER BY log_index LIMIT ?")
@@ -397,7 +417,8 @@ class SQLiteStorage:
                                                        now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 results.append(Appended(index, now, False))
             out.append(results)
-        insert_rows(c, "INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        insert_rows(c, "INSERT INTO packets (log_index, packet_id, digest, sender, signer, topic, created, expires, "
+                       "accepted_at, header, leaf_hash, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
         insert_rows(c, "INSERT INTO packet_recipients VALUES (?,?)", recipients)
         return out
 
@@ -538,33 +559,28 @@ class SQLiteStorage:
         return [(r[0], r[1]) for r in self._r.execute("SELECT key, data FROM blobs WHERE kind = ? ORDER BY added, key", (kind,))]
 
     async def purge(self, now: int, retention: int) -> int:
-        """Drop packet bodies accepted more than ``retention`` seconds ago that nobody is owed any
-        more: expired, or acknowledged by every subscription of every recipient nation whose
-        patterns match the topic. A recipient nation with no subscription yet is still owed it."""
+        """Drop the bodies of packets released more than ``retention`` seconds ago.
+
+        A packet is released when nobody is owed it any more: it expired, or every subscription
+        of every recipient nation whose patterns match its topic acknowledged it (a recipient
+        nation with no subscription yet is still owed it). Each purge marks the packets released
+        since the last one (so retention counts from at most one purge interval after the last
+        acknowledgement), then drops the bodies released before the cutoff that nobody is owed
+        again meanwhile (a subscription made since starts from the oldest body held)."""
 
         cutoff = now - retention
 
         def op(c: sqlite3.Connection) -> int:
-            cur = c.execute(
-                """
-                UPDATE packets SET raw = NULL
-                WHERE raw IS NOT NULL AND accepted_at < :cutoff AND (expires < :now OR NOT EXISTS (
-                    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND (
-                        NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.nation = r.nation)
-                        OR EXISTS (
-                            SELECT 1 FROM subscriptions s WHERE s.nation = r.nation
-                            AND s.cursor < r.log_index AND topic_matches(s.patterns, packets.topic)
-                            AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
-                                            AND a.log_index = r.log_index)))))
-                """,
-                {"cutoff": cutoff, "now": now},
-            )
-            if cur.rowcount:
-                # On this thread, the only one that changes the cache (a scan that still finds a purged
-                # packet in it before the commit reads what the disk holds until then).
-                for index in [i for i, p in self._recent.items() if p.raw is not None and p.accepted_at < cutoff]:
-                    self._recent.pop(index, None)
-            return cur.rowcount
+            c.execute(f"UPDATE packets SET released_at = :now WHERE raw IS NOT NULL AND released_at IS NULL "
+                      f"AND {_NOT_OWED}", {"now": now})
+            purged = [r[0] for r in c.execute(
+                f"UPDATE packets SET raw = NULL WHERE raw IS NOT NULL AND released_at IS NOT NULL "
+                f"AND released_at <= :cutoff AND {_NOT_OWED} RETURNING log_index", {"cutoff": cutoff, "now": now})]
+            # On this thread, the only one that changes the cache (a scan that still finds a purged
+            # packet in it before the commit reads what the disk holds until then).
+            for index in purged:
+                self._recent.pop(index, None)
+            return len(purged)
 
         purged: int = await self._submit(op)
         return purged
