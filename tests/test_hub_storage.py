@@ -475,3 +475,25 @@ async def test_memory_index_stays_bounded_while_purges_empty_the_cache(
         assert st._mem_from > 150, "the memory index was never trimmed: the test would not test it"
     finally:
         await st.close()
+
+
+async def test_purge_goes_through_a_backlog_in_chunks_and_misses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of two packets: the ones owed (to FR/archive) in between do not stop the passes."""
+    from hub.server import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "PURGE_CHUNK", 2)
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        await st.subscribe("FR", "archive", ("alerts.>",))
+        topics = ["alerts.x", "reports.y", "reports.y", "alerts.x", "reports.y", "reports.y", "reports.y"]
+        assert await appended(st, [addressed(i, ("FR",), t) for i, t in enumerate(topics)]) == list(range(7))
+        await st.ack("FR", "main", [], 6)  # FR/archive, owed 0 and 3, acknowledges nothing
+        assert await st.purge(ACCEPTED, 0) == 5
+        assert bodies(st, "FR") == {i: (raw_of(i) if i in (0, 3) else None) for i in range(7)}
+        await st.ack("FR", "archive", [3], -1)
+        assert await st.purge(ACCEPTED + 1, 0) == 1
+        assert bodies(st, "FR")[3] is None and bodies(st, "FR")[0] == raw_of(0)
+    finally:
+        await st.close()
