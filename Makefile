@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cli.py
 	$(BIN)/python bench/log.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/purge.py
 	$(BIN)/python bench/gil.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/store.py --quick

@@ -112,8 +112,8 @@ MIGRATIONS: Final = [
     """,
 ]
 
-#: Most packets one purge operation on the writer thread looks at (about 5 ms of it).
-PURGE_CHUNK: Final = 2000
+#: Most packets one purge operation on the writer thread looks at (a few ms of it: bench/purge.py).
+PURGE_CHUNK: Final = 500
 #: SQL: nobody is owed the packet (``packets``) any more: it expired, or no recipient nation has a
 #: subscription owed it (one with no subscription at all is owed everything addressed to it).
 _NOT_OWED: Final = """(expires <= :now OR NOT EXISTS (
