@@ -36,7 +36,7 @@ def item(j: int) -> NewPacket:
                      b"header-%d" % j, b"r" * 13_000, b"d" * 32)
 
 
-async def appends_while(st: SQLiteStorage, start: int, work: asyncio.Future[object] | None, seconds: float) -> list[float]:
+async def appends_while(st: SQLiteStorage, start: int, work: asyncio.Future[int] | None, seconds: float) -> list[float]:
     """Commit latencies of one-packet appends every 2 ms, until ``work`` is done (or for ``seconds``)."""
     lat: list[float] = []
     k = start
