@@ -227,7 +227,14 @@ class HubClient:
             raise ProtocolError(f"a subscription takes 1-{frames.MAX_PATTERNS} patterns", "bad_frame")
         for p in patterns:
             check_pattern(p, "patterns")  # a ValidationError now, rather than the hub's refusal later
-        f = await self._request("sub", timeout, name=name, patterns=list(patterns))
+        try:
+            f = await self._request("sub", timeout, name=name, patterns=list(patterns))
+        except ProtocolError as exc:
+            if exc.code == "timeout":
+                # The hub may have taken it and answered too late: renewed after every reconnect
+                # like an accepted one (a refusal of the renewal drops it again).
+                self._subs[name] = tuple(patterns)
+            raise
         self._subs[name] = tuple(patterns)
         return int(f["cursor"])
 

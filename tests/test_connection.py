@@ -533,3 +533,34 @@ async def test_a_hub_that_never_answers_the_upgrade_is_given_up_on_and_tried_aga
     finally:
         await asyncio.wait_for(c.close(), 10)
         server.close()
+
+
+async def test_a_subscription_whose_answer_came_too_late_is_still_renewed_after_a_reconnect(
+        fed: Federation, fed_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """subscribe() timed out, but the hub took the subscription: after the connection drops, the
+    client subscribes it again, so the hub feeds it on the new session."""
+    async with running_hub(_config(fed_dir, tmp_path)) as (url, app):
+        storage = app[RELAY].storage
+        real, slow = storage.subscribe, [True]
+
+        async def slow_disk(*a: Any, **kw: Any) -> Any:
+            if slow[0]:
+                await asyncio.sleep(1.0)  # the answer comes after the client gave up
+            return await real(*a, **kw)
+
+        monkeypatch.setattr(storage, "subscribe", slow_disk)
+        async with node_client(fed, "FR", url, backoff=(0.05, 0.1)) as fr, node_client(fed, "IT", url) as it:
+            await fr.wait_connected(5)
+            await it.wait_connected(5)
+            with pytest.raises(ProtocolError, match="no answer"):
+                await fr.subscribe("main", [">"], timeout=0.3)
+            await asyncio.sleep(1.0)
+            assert storage.subscription_names("FR") == ["main"]
+            slow[0] = False
+            before = fr.connects
+            assert await _drop(app, "FR") == 1
+            await _reconnected(fr, before)
+            raw = seal_for(fed, "IT", ["FR"])
+            await it.publish(raw)
+            [d] = await collect(fr, 1, timeout=5)
+            assert d.packet == raw and d.sub == "main"
