@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hub.protocol import frames
 from hub.protocol.federation import Federation
 from hub.server.app import RELAY
@@ -138,3 +140,32 @@ async def test_acks_arriving_while_a_redelivery_waits_to_drain_do_not_stop_the_f
                 assert f["t"] == "deliver" and f["index"] == last.index, f
             finally:
                 ws.close()
+
+
+async def test_a_subscription_re_subscribed_with_wider_patterns_gets_what_the_old_ones_passed_by(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """FR's "main" takes alerts only; notices for FR come; FR re-subscribes "main" to everything
+    while the hub's disk is slow. The old feed is stopped before the cursor is read: its check tick
+    (every 2 s here) cannot move the cursor past the notices meanwhile, so the new feed delivers
+    them. (It did: the new feed started after them and they were never delivered.)"""
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db", limits={"ack_timeout": 8})) as (url, app):
+        storage = app[RELAY].storage
+        real = storage.subscribe
+        async with node_client(fed, "FR", url) as fr, node_client(fed, "IT", url) as it:
+            await asyncio.gather(fr.wait_connected(5), it.wait_connected(5))
+            await fr.subscribe("main", ["alerts.>"])
+            notices = [seal_for(fed, "IT", ["FR"], topic="notices.general") for _ in range(3)]
+            for raw in notices:
+                await it.publish(raw)
+
+            async def slow_disk(*a: Any, **kw: Any) -> Any:
+                await asyncio.sleep(2.5)  # past the old feed's next check tick
+                return await real(*a, **kw)
+
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(storage, "subscribe", slow_disk)
+                await fr.subscribe("main", [">"], timeout=10)
+            got: list[Any] = []
+            while len(got) < 3:
+                got.append(await asyncio.wait_for(fr.deliveries.get(), 5))
+            assert sorted(d.packet for d in got) == sorted(notices)

@@ -421,6 +421,7 @@ async def test_purge_keeps_a_body_the_retention_period_from_when_nobody_is_owed_
 
 
 async def test_a_released_body_owed_again_to_a_new_subscription_is_kept_for_it(tmp_path: Path) -> None:
+    """Held again, and kept the retention period from when the new subscription acknowledged it."""
     st = SQLiteStorage(tmp_path / "hub.db")
     try:
         await st.subscribe("FR", "main", (">",))
@@ -431,7 +432,36 @@ async def test_a_released_body_owed_again_to_a_new_subscription_is_kept_for_it(t
         assert await st.purge(ACCEPTED + 60, 10) == 0
         assert bodies(st, "FR") == {0: raw_of(0)}
         await st.ack("FR", "archive", [], 0)
-        assert await st.purge(ACCEPTED + 61, 10) == 1  # released long enough ago, owed to nobody again
+        assert await st.purge(ACCEPTED + 61, 10) == 0  # released again now
+        assert await st.purge(ACCEPTED + 70, 10) == 0
+        assert await st.purge(ACCEPTED + 71, 10) == 1
+    finally:
+        await st.close()
+
+
+async def test_released_bodies_owed_again_are_held_again_a_chunk_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FR removes its only subscription: a nation with none is owed everything addressed to it
+    again. The drop pass puts those released bodies back among the held (reading each once, not
+    every chunk), and drops the others."""
+    from hub.server import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "PURGE_CHUNK", 2)
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        await st.subscribe("DE", "main", (">",))
+        to = [("FR",), ("DE",), ("FR",), ("DE",), ("FR",)]
+        assert await appended(st, [addressed(i, t) for i, t in enumerate(to)]) == list(range(5))
+        await st.ack("FR", "main", [], 4)
+        await st.ack("DE", "main", [], 4)
+        assert await st.purge(ACCEPTED, 10) == 0  # all released
+        assert await st.unsubscribe("FR", "main")
+        assert await st.purge(ACCEPTED + 10, 10) == 2  # DE's two; FR's three are held again
+        assert bodies(st, "FR") == {0: raw_of(0), 2: raw_of(2), 4: raw_of(4)}
+        rows = sqlite3.connect(tmp_path / "hub.db").execute(
+            "SELECT log_index, released_at FROM packets WHERE raw IS NOT NULL").fetchall()
+        assert rows == [(0, None), (2, None), (4, None)]
     finally:
         await st.close()
 
@@ -495,5 +525,31 @@ async def test_purge_goes_through_a_backlog_in_chunks_and_misses_nothing(
         await st.ack("FR", "archive", [3], -1)
         assert await st.purge(ACCEPTED + 1, 0) == 1
         assert bodies(st, "FR")[3] is None and bodies(st, "FR")[0] == raw_of(0)
+    finally:
+        await st.close()
+
+
+async def test_the_upgrade_to_release_times_keeps_what_was_owed_and_releases_the_rest_at_acceptance(
+        tmp_path: Path) -> None:
+    """Schema 3 -> 4: bodies nobody was owed count their retention from acceptance, as before the
+    upgrade (one past it goes at the first purge, not a whole period later); owed ones stay held."""
+    db = tmp_path / "hub.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    sqlite_store.register_functions(conn)
+    migrate(conn, sqlite_store.MIGRATIONS[:3], "hub")
+    conn.execute("INSERT INTO subscriptions (nation, name, patterns, cursor, created) VALUES "
+                 "('FR', 'main', '[\">\"]', 0, 1)")
+    for i in range(2):  # 0: acknowledged by FR/main (its cursor); 1: still owed to it
+        conn.execute("INSERT INTO packets VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                     (i, b"%016d" % i, b"d" * 32, "IT", b"c" * 32, "alerts.x", 1, 2_000_000_000, ACCEPTED,
+                      b"h%d" % i, b"l" * 32, b"r%d" % i))
+        conn.execute("INSERT INTO packet_recipients (log_index, nation) VALUES (?, 'FR')", (i,))
+    conn.close()
+    st = SQLiteStorage(db)
+    try:
+        rows = sqlite3.connect(db).execute("SELECT log_index, released_at FROM packets ORDER BY log_index").fetchall()
+        assert rows == [(0, ACCEPTED), (1, None)]
+        assert await st.purge(ACCEPTED + 40 * 86400, 30 * 86400) == 1
+        assert [p.raw for p in st.read_range(0, 2)] == [None, b"r1"]
     finally:
         await st.close()

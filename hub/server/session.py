@@ -82,6 +82,8 @@ class Feed:
         self.window_full = False
         self._timer: asyncio.TimerHandle | None = None
         self.gauge = self.relay.metrics.queue_depth.labels(self.nation, name)
+        #: Stopped (see :meth:`stop`): its cursor is no longer written.
+        self.dropped = False
 
     def wanted(self, p: StoredPacket, now: int) -> bool:
         return (
@@ -165,7 +167,7 @@ class Feed:
                     if not self.inflight and not self.unflushed and not self.flush_scheduled \
                             and self.scan_pos > self.cursor:
                         self.cursor = self.scan_pos
-                        self.relay.spawn(self.relay.storage.ack(self.nation, self.name, [], self.scan_pos))
+                        self.relay.spawn(self._persist_cursor(self.scan_pos))
                 gauge.set(len(self.inflight))
                 # One timer per check period, kept across wake-ups, rather than a timeout around each
                 # wait: at 500 packets/s a feed wakes for every commit, and setting up and cancelling
@@ -182,6 +184,17 @@ class Feed:
     def _tick(self) -> None:
         self._timer = None
         self.event.set()
+
+    def stop(self) -> None:
+        """Stop feeding: the subscription was taken over, re-subscribed or removed. From now on this
+        feed moves no cursor: what it passed by under its patterns is not the new feed's to lose."""
+        self.dropped = True
+        if self.task:
+            self.task.cancel()
+
+    async def _persist_cursor(self, cursor: int) -> None:
+        if not self.dropped:  # checked as the write is queued, after any stop before it
+            await self.relay.storage.ack(self.nation, self.name, [], cursor)
 
     def ack(self, index: int) -> None:
         """Record an acknowledgement: in memory now, on disk with the next coalesced flush.
@@ -211,7 +224,7 @@ class Feed:
         # add half a second on average to every sample).
         self.relay.metrics.delivery_lag.observe(max(0, int(time.time()) - self.oldest_acked))
         self.oldest_acked = float("inf")
-        cursor = self._advance()
+        cursor = self._advance() if not self.dropped else -1  # a stopped feed's acks count, not its cursor
         self.cursor = max(self.cursor, cursor)
         self.gauge.set(len(self.inflight))
         await self.relay.storage.ack(self.nation, self.name, indexes, cursor)
@@ -491,11 +504,13 @@ class Session:
         if name not in names and len(names) >= limit:
             raise reject("too_many_subscriptions", f"{self.nation} already holds {len(names)} subscriptions "
                          f"(limit {limit}); reuse one of its names ({', '.join(names[:8])}...) or unsub one")
-        sub = await self.relay.storage.subscribe(self.nation, name, patterns)
+        # The feeds of this name stop before the cursor is read: one still running could otherwise
+        # write, during the read, a cursor past packets its old patterns passed by and the new match.
         old = self.feeds.pop(name, None)
-        if old and old.task:
-            old.task.cancel()
+        if old:
+            old.stop()
         self.relay.claim_feed(self, name)
+        sub = await self.relay.storage.subscribe(self.nation, name, patterns)
         feed = Feed(self, name, patterns, sub.cursor, sub.acked)
         self.feeds[name] = feed
         await self.send("subscribed", rid=f["rid"], name=name, cursor=sub.cursor + 1)
@@ -528,10 +543,10 @@ class Session:
         await self.send("ok", rid=f["rid"])
 
     def drop_feed(self, name: str) -> None:
-        """Another session of this nation took the subscription over."""
+        """Another session of this nation took the subscription over (or it is being removed)."""
         feed = self.feeds.pop(name, None)
-        if feed and feed.task:
-            feed.task.cancel()
+        if feed:
+            feed.stop()
 
     async def end_invalid(self, why: str) -> None:
         """End a session whose certificate stopped being usable (revoked, expired)."""

@@ -37,6 +37,17 @@ from hub.protocol.topics import any_match_cached
 
 from .storage import Appended, Conflict, NewPacket, Scan, StoredPacket, Subscription
 
+#: SQL: nobody is owed the packet (``packets``) any more: it expired, or no recipient nation has a
+#: subscription owed it (one with no subscription at all is owed everything addressed to it).
+_NOT_OWED: Final = """(expires <= :now OR NOT EXISTS (
+    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND (
+        NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.nation = r.nation)
+        OR EXISTS (
+            SELECT 1 FROM subscriptions s WHERE s.nation = r.nation
+            AND s.cursor < r.log_index AND topic_matches(s.patterns, packets.topic)
+            AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
+                            AND a.log_index = r.log_index)))))"""
+
 MIGRATIONS: Final = [
     """
     CREATE TABLE packets (
@@ -104,26 +115,19 @@ MIGRATIONS: Final = [
     # not from its acceptance (one acknowledged on day 31 of 30 went at the next purge). NULL:
     # still owed. The partial indexes keep the purge's two passes off the ever-growing rows of
     # leaves whose bodies are gone; a commit adds one index entry per packet, as before.
+    # Bodies nobody is owed at the upgrade are released as of their acceptance, as the purge before
+    # it counted (those past their retention go at the first purge, not a whole period later).
     """
     ALTER TABLE packets ADD COLUMN released_at INTEGER;
     DROP INDEX packets_purge;
     CREATE INDEX packets_held ON packets (log_index) WHERE raw IS NOT NULL AND released_at IS NULL;
     CREATE INDEX packets_released ON packets (released_at) WHERE raw IS NOT NULL AND released_at IS NOT NULL;
-    """,
+    UPDATE packets SET released_at = accepted_at WHERE raw IS NOT NULL AND """
+    + _NOT_OWED.replace(":now", "CAST(strftime('%s', 'now') AS INTEGER)") + ";",
 ]
 
 #: Most packets one purge operation on the writer thread looks at (a few ms of it: bench/purge.py).
 PURGE_CHUNK: Final = 500
-#: SQL: nobody is owed the packet (``packets``) any more: it expired, or no recipient nation has a
-#: subscription owed it (one with no subscription at all is owed everything addressed to it).
-_NOT_OWED: Final = """(expires <= :now OR NOT EXISTS (
-    SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index AND (
-        NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.nation = r.nation)
-        OR EXISTS (
-            SELECT 1 FROM subscriptions s WHERE s.nation = r.nation
-            AND s.cursor < r.log_index AND topic_matches(s.patterns, packets.topic)
-            AND NOT EXISTS (SELECT 1 FROM acks a WHERE a.nation = s.nation AND a.name = s.name
-                            AND a.log_index = r.log_index)))))"""
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
 _SCAN: Final = ("SELECT log_index FROM packet_recipients WHERE log_index > ? AND log_index <= ? AND nation = ? "
                 "ORDER BY log_index LIMIT ?")
@@ -437,9 +441,18 @@ class SQLiteStorage:
             chunk = subs[i:i + _SUBS_PER_STATEMENT]
             cases = " ".join("WHEN nation = ? AND name = ? THEN ?" for _ in chunk)
             which = " OR ".join("(nation = ? AND name = ?)" for _ in chunk)
-            c.execute(f"UPDATE subscriptions SET cursor = MAX(cursor, CASE {cases} END), acked_at = ? WHERE {which}",
-                      [v for (n, name), (cur, _) in chunk for v in (n, name, cur)] + [now]
+            # acked_at records acknowledgements only, not a feed moving its cursor past packets it
+            # did not deliver (an ack without indexes): one statement when every entry is an ack.
+            idle = [(n, name) for (n, name), (_, indexes) in chunk if not indexes]
+            c.execute(f"UPDATE subscriptions SET cursor = MAX(cursor, CASE {cases} END)"
+                      f"{'' if idle else ', acked_at = ?'} WHERE {which}",
+                      [v for (n, name), (cur, _) in chunk for v in (n, name, cur)] + ([] if idle else [now])
                       + [v for (n, name), _ in chunk for v in (n, name)])
+            acked = [(n, name) for (n, name), (_, indexes) in chunk if indexes]
+            if idle and acked:
+                c.execute("UPDATE subscriptions SET acked_at = ? WHERE " + " OR ".join("(nation = ? AND name = ?)"
+                                                                                        for _ in acked),
+                          [now] + [v for key in acked for v in key])
             c.execute("DELETE FROM acks WHERE " + " OR ".join("(nation = ? AND name = ? AND log_index <= ?)" for _ in chunk),
                       [v for (n, name), (cur, _) in chunk for v in (n, name, cur)])
         above = [(n, name, i) for (n, name), (cur, indexes) in subs for i in sorted(indexes) if i > cur]
@@ -466,11 +479,13 @@ class SQLiteStorage:
                 c.execute("INSERT INTO subscriptions (nation, name, patterns, cursor, created) VALUES (?, ?, ?, -1, ?)",
                           (nation, name, json.dumps(list(patterns)), int(time.time())))
                 cursor = -1
+                _hold_again(c, nation, cursor)
             else:
                 cursor = row[1]
                 if json.loads(row[0]) != list(patterns):
                     c.execute("UPDATE subscriptions SET patterns = ? WHERE nation = ? AND name = ?",
                               (json.dumps(list(patterns)), nation, name))
+                    _hold_again(c, nation, cursor)
             acked = frozenset(r[0] for r in c.execute(
                 "SELECT log_index FROM acks WHERE nation = ? AND name = ? AND log_index > ?", (nation, name, cursor)))
             return Subscription(nation, name, patterns, cursor, acked)
@@ -580,9 +595,11 @@ class SQLiteStorage:
             if pos is None:
                 break
         purged = 0
-        while n := await self._submit(functools.partial(self._drop_chunk, now, cutoff)):
-            purged += n
-        return purged
+        while True:
+            read, dropped = await self._submit(functools.partial(self._drop_chunk, now, cutoff))
+            purged += dropped
+            if not read:
+                return purged
 
     def _release_chunk(self, now: int, after: int, c: sqlite3.Connection) -> int | None:
         """Mark released the held packets among the next PURGE_CHUNK after index ``after`` that
@@ -596,18 +613,25 @@ class SQLiteStorage:
                   f"AND raw IS NOT NULL AND released_at IS NULL AND {_NOT_OWED}", {"now": now, "after": after, "hi": hi})
         return int(hi)
 
-    def _drop_chunk(self, now: int, cutoff: int, c: sqlite3.Connection) -> int:
-        """Drop the bodies of up to PURGE_CHUNK packets released at or before ``cutoff`` that nobody is
-        owed again; how many."""
-        purged = [r[0] for r in c.execute(
-            f"UPDATE packets SET raw = NULL WHERE log_index IN (SELECT log_index FROM packets WHERE raw IS NOT NULL "
-            f"AND released_at IS NOT NULL AND released_at <= :cutoff AND {_NOT_OWED} LIMIT :chunk) RETURNING log_index",
-            {"cutoff": cutoff, "now": now, "chunk": PURGE_CHUNK})]
+    def _drop_chunk(self, now: int, cutoff: int, c: sqlite3.Connection) -> tuple[int, int]:
+        """Of up to PURGE_CHUNK packets released at or before ``cutoff``: drop the bodies nobody is
+        owed, and put back among the held those owed again (a subscription's patterns widened), so
+        the next chunk reads new rows and they are released again, their retention counted anew.
+        (Rows read: 0 when none are left; bodies dropped.)"""
+        ids = json.dumps([r[0] for r in c.execute(
+            "SELECT log_index FROM packets WHERE raw IS NOT NULL AND released_at IS NOT NULL AND released_at <= ? "
+            "LIMIT ?", (cutoff, PURGE_CHUNK))])
+        if ids == "[]":
+            return 0, 0
+        chunk = "log_index IN (SELECT value FROM json_each(:ids))"
+        purged = [r[0] for r in c.execute(f"UPDATE packets SET raw = NULL WHERE {chunk} AND {_NOT_OWED} "
+                                          "RETURNING log_index", {"ids": ids, "now": now})]
+        held = c.execute(f"UPDATE packets SET released_at = NULL WHERE {chunk} AND raw IS NOT NULL", {"ids": ids})
         # On this thread, the only one that changes the cache (a scan that still finds a purged
         # packet in it before the commit reads what the disk holds until then).
         for index in purged:
             self._recent.pop(index, None)
-        return len(purged)
+        return len(purged) + held.rowcount, len(purged)
 
     async def close(self) -> None:
         self._queue.put(None)
@@ -615,6 +639,15 @@ class SQLiteStorage:
         self._w.close()
         self._r.close()
         os.close(self._lock_fd)
+
+
+def _hold_again(c: sqlite3.Connection, nation: str, cursor: int) -> None:
+    """A subscription of ``nation`` that starts (or changed its patterns) at ``cursor`` may be owed
+    packets already released: they are held again, and released (their retention counted anew)
+    once it has acknowledged them. Rare, and bounded by the bodies still held."""
+    c.execute("UPDATE packets SET released_at = NULL WHERE raw IS NOT NULL AND released_at IS NOT NULL "
+              "AND log_index > ? AND EXISTS (SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index "
+              "AND r.nation = ?)", (cursor, nation))
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
