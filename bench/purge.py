@@ -33,7 +33,7 @@ ACCEPTED = 1_764_000_100
 
 def item(j: int) -> NewPacket:
     return NewPacket(os.urandom(16), "IT", b"c" * 32, "alerts.x", NATIONS, ACCEPTED - 100, ACCEPTED + 10**8,
-                     b"header-%d" % j, b"r" * 13_000, b"d" * 32)
+                     b"header-%d" % j, b"r" * 13_000)
 
 
 async def appends_while(st: SQLiteStorage, start: int, work: asyncio.Future[int] | None, seconds: float) -> list[float]:

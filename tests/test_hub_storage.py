@@ -25,7 +25,7 @@ def packet(i: int, rng: random.Random) -> NewPacket:
     to = tuple(sorted(rng.sample(NATIONS, rng.randint(1, 4))))
     header = b"header-%d" % i
     return NewPacket(os.urandom(16), "IT", b"c" * 32, "alerts.x", to, 1_764_000_000, 1_764_999_999, header,
-                     header + b"-raw", b"d" * 32)
+                     header + b"-raw")
 
 
 def sql_scan(db: Path, nation: str, after: int, limit: int) -> list[int]:
@@ -84,7 +84,7 @@ async def test_a_subscriber_far_behind_moves_through_other_nations_packets_in_bo
         # JP is a recipient of every 50th packet only, and of none of the others.
         items = [NewPacket(p.packet_id, p.sender, p.signer, p.topic,
                            ("JP",) if i % 50 == 7 else tuple(n for n in p.recipients if n != "JP") or ("FR",),
-                           p.created, p.expires, p.header, p.raw, p.digest) for i, p in enumerate(items)]
+                           p.created, p.expires, p.header, p.raw) for i, p in enumerate(items)]
         for b in range(0, 200, 20):
             await st.append(items[b:b + 20], 1_764_000_100)
         assert st._mem_from > 150, "the early packets must be read from disk"
@@ -158,9 +158,9 @@ async def test_the_same_header_is_a_retry_and_another_is_a_conflict(tmp_path: Pa
         [first] = await st.append([p], 1_764_000_100)
         # Re-signed (ML-DSA signatures differ each time): other bytes, same signed header.
         resigned = NewPacket(p.packet_id, p.sender, p.signer, p.topic, p.recipients, p.created, p.expires, p.header,
-                             p.raw + b"-other-signature", b"e" * 32)
+                             p.raw + b"-other-signature")
         other = NewPacket(p.packet_id, p.sender, p.signer, p.topic, p.recipients, p.created, p.expires,
-                          b"another header", b"x", b"f" * 32)
+                          b"another header", b"x")
         again, conflict = await st.append([resigned, other], 1_764_000_200)
         assert isinstance(first, Appended) and isinstance(again, Appended)
         assert (again.index, again.duplicate, again.accepted_at) == (first.index, True, first.accepted_at)
@@ -261,7 +261,7 @@ async def test_a_coalesced_group_commit_writes_what_one_operation_at_a_time_writ
                 old = fresh[i - 2]
                 ops.append(("append", [old]))
                 ops.append(("append", [NewPacket(old.packet_id, "IT", b"c" * 32, "alerts.x", ("FR",), 1_764_000_000,
-                                                 1_764_999_999, b"other", b"other-raw", b"e" * 32)]))
+                                                 1_764_999_999, b"other", b"other-raw")]))
         for n in NATIONS:
             ops.append(("ack", (n, [3, 9, 4], 4)))
             ops.append(("ack", (n, [12, 30], 2)))  # a lower cursor after a higher one
@@ -310,7 +310,7 @@ ACCEPTED = 1_764_000_100  # when the purge tests' packets are accepted
 def addressed(i: int, to: tuple[str, ...], topic: str = "alerts.x", expires: int = 1_764_999_999) -> NewPacket:
     header = b"header-%d" % i
     return NewPacket(os.urandom(16), "IT", b"c" * 32, topic, to, 1_764_000_000, expires, header,
-                     header + b"-raw", b"d" * 32)
+                     header + b"-raw")
 
 
 async def appended(st: SQLiteStorage, items: list[NewPacket]) -> list[int]:

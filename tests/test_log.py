@@ -220,7 +220,7 @@ async def test_lost_leaf_notifications_are_caught_up_from_the_store(fed: Federat
         h = envelope.parse_packet(raw).header
         # Committed by the store, but its publish never reported back (as if cancelled).
         await relay.storage.append([NewPacket(h.id, h.sender, h.sender_cert, h.topic, h.nations, h.created,
-                                              h.expires, h.raw, raw, b"\0" * 32)], relay.now())
+                                              h.expires, h.raw, raw)], relay.now())
         cp, _ = await checkpoint_at_least(url, fed, 1)
         assert cp.size == 1 and relay.hub_log.tree.leaf(0) == leaf_hash_for(h.raw, relay.storage.read_leaves(0, 1)[0][2])
         assert relay.metrics.log_size._value.get() == 1  # the gauge follows leaves caught up too

@@ -9,7 +9,6 @@ a thread pool (pyca/cryptography releases the GIL, so they use every core).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import OrderedDict, defaultdict
@@ -210,9 +209,8 @@ class Relay:
             raise reject("rate_limited", f"more publishes from {address} than every nation's rate together; "
                          "slow down and retry")
 
-    def _verify(self, raw: bytes, now: int) -> tuple[envelope.Verified, bytes]:
-        # The packet's digest is taken here too: on the worker thread, off the event loop.
-        return envelope.verify(raw, self.trust, now), hashlib.sha256(raw).digest()
+    def _verify(self, raw: bytes, now: int) -> envelope.Verified:
+        return envelope.verify(raw, self.trust, now)
 
     async def _verify_chunk(self, items: list[tuple[bytes, int]]) -> list[tuple[bool, Any]]:
         """:meth:`_verify` of a chunk of packets on a verify thread; each packet's outcome, its
@@ -248,12 +246,12 @@ class Relay:
         now = self.now()
         try:
             if self.pool is None:
-                v, digest = self._verify(raw, now)
+                v = self._verify(raw, now)
             else:
                 ok, value = await self._verify_batched((raw, now))
                 if not ok:
                     raise value
-                v, digest = value
+                v = value
         except DecodeError as exc:
             raise reject("malformed", str(exc)) from None
         except InvalidPacket as exc:
@@ -282,8 +280,7 @@ class Relay:
             if existing.header != h.raw:
                 raise reject("conflict", f"a different packet was already accepted under id {h.packet_id}") from None
             return Accepted(existing.index, h.id, True, existing.accepted_at, None)
-        item = NewPacket(h.id, h.sender, h.sender_cert, h.topic, h.nations, h.created, h.expires, h.raw, raw,
-                         digest)
+        item = NewPacket(h.id, h.sender, h.sender_cert, h.topic, h.nations, h.created, h.expires, h.raw, raw)
         try:
             [result] = await self.storage.append([item], now)
         except StoreError as exc:

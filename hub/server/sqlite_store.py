@@ -124,6 +124,12 @@ MIGRATIONS: Final = [
     CREATE INDEX packets_released ON packets (released_at) WHERE raw IS NOT NULL AND released_at IS NOT NULL;
     UPDATE packets SET released_at = accepted_at WHERE raw IS NOT NULL AND """
     + _NOT_OWED.replace(":now", "CAST(strftime('%s', 'now') AS INTEGER)") + ";",
+    # The SHA-256 of each whole packet was stored and never read (a re-publish is matched by its
+    # signed header): taking it cost the verify threads a GIL hand-off per packet (bench/relay.py:
+    # about 20-35 us of hub CPU per packet).
+    """
+    ALTER TABLE packets DROP COLUMN digest;
+    """,
 ]
 
 #: Most packets one purge operation on the writer thread looks at (a few ms of it: bench/purge.py).
@@ -416,15 +422,15 @@ class SQLiteStorage:
                 self._next_index = index + 1
                 leaf = leaf_hash_for(p.header, now)
                 held[p.packet_id] = (index, p.header, now)
-                rows.append((index, p.packet_id, p.digest, p.sender, p.signer, p.topic, p.created, p.expires, now,
+                rows.append((index, p.packet_id, p.sender, p.signer, p.topic, p.created, p.expires, now,
                              p.header, leaf, p.raw))
                 recipients.extend((index, n) for n in p.recipients)
                 self._uncommitted.append((StoredPacket(index, p.packet_id, p.sender, p.signer, p.topic, p.header,
                                                        now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 results.append(Appended(index, now, False))
             out.append(results)
-        insert_rows(c, "INSERT INTO packets (log_index, packet_id, digest, sender, signer, topic, created, expires, "
-                       "accepted_at, header, leaf_hash, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        insert_rows(c, "INSERT INTO packets (log_index, packet_id, sender, signer, topic, created, expires, "
+                       "accepted_at, header, leaf_hash, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
         insert_rows(c, "INSERT INTO packet_recipients VALUES (?,?)", recipients)
         return out
 

@@ -23,7 +23,6 @@ class NewPacket:
     expires: int
     header: bytes
     raw: bytes
-    digest: bytes
 
 
 @dataclass(frozen=True)
