@@ -120,3 +120,24 @@ def test_issue_and_revoke_then_packets_fail(tmp_path: Path, alert_file: Path) ->
     assert code == 0 and "revoked" in stdout
     code, stdout, _ = run("packet", "verify", str(pkt), "--trust", str(fed))
     assert code == 3 and "revoked" in stdout
+
+
+def test_a_packet_dated_beyond_every_verifiers_future_bound_fails_verification(tmp_path: Path) -> None:
+    """Exit 3, as any packet that fails verification (its code is clock_skew, not untrusted_signer)."""
+    import time
+
+    from hub.keyfiles import load_certificate, load_private_keys
+    from hub.protocol import envelope
+
+    key = load_private_keys(EXAMPLE / "IT" / "officer.key").signing
+    assert key is not None
+    raw = envelope.seal(italian_alert(), signer=key, signer_cert=load_certificate(EXAMPLE / "IT" / "officer.cert"),
+                        recipients=[load_certificate(EXAMPLE / "FR" / "node.cert")],
+                        topic="alerts.entity.migrant_smuggling", now=int(time.time()) + 1000)
+    pkt = tmp_path / "future.ihp"
+    pkt.write_bytes(raw)
+    code, _, err = run("packet", "open", str(pkt), "--key", str(EXAMPLE / "FR" / "node.key"), "--nation", "FR",
+                       "--trust", str(EXAMPLE))
+    assert code == 3 and "in the future" in err, err
+    code, stdout, _ = run("packet", "verify", str(pkt), "--trust", str(EXAMPLE))
+    assert code == 3 and "FAIL" in stdout

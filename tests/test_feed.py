@@ -169,3 +169,34 @@ async def test_a_subscription_re_subscribed_with_wider_patterns_gets_what_the_ol
             while len(got) < 3:
                 got.append(await asyncio.wait_for(fr.deliveries.get(), 5))
             assert sorted(d.packet for d in got) == sorted(notices)
+
+
+async def test_two_sessions_subscribing_one_name_at_once_leave_one_feed(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """A node reconnects while its old session's subscribe is still at a slow disk: the last
+    subscribe to finish owns the subscription, and a packet goes to one session, not both."""
+    async with running_hub(hub_config(fed_dir, tmp_path / "hub.db")) as (url, app):
+        relay = app[RELAY]
+        storage = relay.storage
+        real, calls = storage.subscribe, []
+
+        async def slow_first(*a: Any, **kw: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 1:
+                await asyncio.sleep(1.0)
+            return await real(*a, **kw)
+
+        async with node_client(fed, "FR", url) as a, node_client(fed, "FR", url) as b, \
+                node_client(fed, "IT", url) as it:
+            await asyncio.gather(a.wait_connected(5), b.wait_connected(5), it.wait_connected(5))
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(storage, "subscribe", slow_first)
+                first = asyncio.create_task(a.subscribe("main", [">"], timeout=10))
+                await asyncio.sleep(0.3)
+                await asyncio.gather(first, b.subscribe("main", [">"], timeout=10))
+            feeding = [s for s in relay.sessions_by_nation["FR"]
+                       if "main" in s.feeds and s.feeds["main"].task and not s.feeds["main"].task.done()]
+            assert len(feeding) == 1, f"{len(feeding)} feeds run for one subscription"
+            await it.publish(seal_for(fed, "IT", ["FR"]))
+            await asyncio.sleep(1.0)
+            assert a.deliveries.qsize() + b.deliveries.qsize() == 1

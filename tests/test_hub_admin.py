@@ -119,6 +119,10 @@ async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed
             while (s := subscriptions(db, int(time.time()), "FR")[0]).owed and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             assert s.owed == 0 and s.cursor == 2 and s.acked_at is None, s  # passed by, not acknowledged
+            cfg = tmp_path / "hub.toml"
+            cfg.write_text(hub_toml(fed_dir, db))
+            [row] = hub_cli("subscriptions", cfg).stdout.splitlines()[2:]
+            assert "never" in row and "unknown" not in row, row
             assert fr.deliveries.empty()
             assert await app[RELAY].storage.purge(int(time.time()), 0) == 3
         finally:

@@ -553,3 +553,37 @@ async def test_the_upgrade_to_release_times_keeps_what_was_owed_and_releases_the
         assert [p.raw for p in st.read_range(0, 2)] == [None, b"r1"]
     finally:
         await st.close()
+
+
+async def test_a_new_subscription_holds_again_only_what_it_is_owed(tmp_path: Path) -> None:
+    """Released bodies of a topic the new subscription does not match, or expired, keep their
+    release time: they go a retention period after it, not a period after the subscription."""
+    day = 86_400
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "alerts", ("alerts.>",))
+        # 0: a notice no FR subscription matches; 1: an alert that expired long ago; 2: an alert
+        # acknowledged and released, which the new subscription (alerts and reports) is owed.
+        assert await appended(st, [addressed(0, ("FR",), "notices.x"), addressed(1, ("FR",), expires=ACCEPTED + 10),
+                                   addressed(2, ("FR",), expires=ACCEPTED + 100 * day)]) == [0, 1, 2]
+        await st.ack("FR", "alerts", [2], -1)
+        assert await st.purge(ACCEPTED + 60, 30 * day) == 0  # all three released now
+        await st.subscribe("FR", "archive", ("alerts.>", "reports.>"), ACCEPTED + 29 * day)
+        assert await st.purge(ACCEPTED + 31 * day, 30 * day) == 2  # 0 and 1; 2 is held for FR/archive
+        assert bodies(st, "FR") == {0: None, 1: None, 2: raw_of(2)}
+    finally:
+        await st.close()
+
+
+async def test_the_upgrade_to_acknowledgement_times_marks_the_unknown_ones(tmp_path: Path) -> None:
+    """Schema 2 -> 3: a subscription that had acknowledged something shows as acknowledged at an
+    unknown time (0), one that had not as never (None)."""
+    from hub.server.admin import subscriptions
+
+    db = tmp_path / "hub.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    migrate(conn, sqlite_store.MIGRATIONS[:2], "hub")
+    conn.execute("INSERT INTO subscriptions VALUES ('FR', 'main', '[\">\"]', 5, 1), ('FR', 'new', '[\">\"]', -1, 1)")
+    conn.close()
+    await SQLiteStorage(db).close()
+    assert {s.name: s.acked_at for s in subscriptions(db, ACCEPTED)} == {"main": 0, "new": None}

@@ -127,11 +127,10 @@ def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
     if not subs:
         click.echo("no subscriptions" + (f" of {nation}" if nation else ""))
         return
-    # A subscription that acknowledged before its hub recorded when (schema 3) shows "unknown", not "never".
+    # acked_at 0: it acknowledged before its hub recorded when (schema 3).
     click.echo(table([(s.nation, s.name, " ".join(s.patterns), s.cursor if s.cursor >= 0 else "-", s.owed,
-                       _ago(now, s.oldest_owed)
-                       if s.owed else "", "unknown" if s.acked_at is None and s.cursor >= 0 else _ago(now, s.acked_at),
-                       _ago(now, s.created)) for s in subs],
+                       _ago(now, s.oldest_owed) if s.owed else "",
+                       "unknown" if s.acked_at == 0 else _ago(now, s.acked_at), _ago(now, s.created)) for s in subs],
                      ("NATION", "NAME", "PATTERNS", "ACKED TO", "OWED", "OLDEST OWED", "LAST ACK", "CREATED")))
 
 

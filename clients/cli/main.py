@@ -34,6 +34,7 @@ COMMANDS: Final[dict[str, tuple[str, str, str]]] = {
 EXIT_CODES: Final[dict[str, int]] = {
     "invalid_packet": 3,
     "untrusted_signer": 3,
+    "clock_skew": 3,  # a packet dated beyond every verifier's future bound (FutureSkew)
     "malformed": 3,
     "invalid_content": 2,
     "bad_config": 2,

@@ -26,7 +26,7 @@ class SubscriptionState:
     #: every matching packet at or below the cursor was acknowledged
     cursor: int
     created: int
-    #: when it last acknowledged anything (None: never, or not recorded by this hub version)
+    #: when it last acknowledged anything (None: never; 0: before the hub recorded it, schema 3)
     acked_at: int | None
     #: packet bodies held for it: matching, not acknowledged, not expired, not purged
     owed: int

@@ -510,7 +510,13 @@ class Session:
         if old:
             old.stop()
         self.relay.claim_feed(self, name)
-        sub = await self.relay.storage.subscribe(self.nation, name, patterns)
+        sub = await self.relay.storage.subscribe(self.nation, name, patterns, self.relay.now())
+        # Claimed again: another session of the nation may have subscribed it during the wait (it
+        # then had no feed of ours to stop, and two feeds would run).
+        self.relay.claim_feed(self, name)
+        old = self.feeds.pop(name, None)
+        if old:
+            old.stop()
         feed = Feed(self, name, patterns, sub.cursor, sub.acked)
         self.feeds[name] = feed
         await self.send("subscribed", rid=f["rid"], name=name, cursor=sub.cursor + 1)

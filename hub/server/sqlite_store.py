@@ -107,9 +107,10 @@ MIGRATIONS: Final = [
     ALTER TABLE packet_recipients_by_index RENAME TO packet_recipients;
     """,
     # When each subscription last acknowledged anything: the operator's sign of a subscription
-    # nobody consumes any more (`intelhub hub subscriptions`). NULL: never.
+    # nobody consumes any more (`intelhub hub subscriptions`). NULL: never; 0: before this was recorded.
     """
     ALTER TABLE subscriptions ADD COLUMN acked_at INTEGER;
+    UPDATE subscriptions SET acked_at = 0 WHERE cursor >= 0;
     """,
     # When nobody was owed a packet any more: its body is kept the retention period from then,
     # not from its acceptance (one acknowledged on day 31 of 30 went at the next purge). NULL:
@@ -124,15 +125,10 @@ MIGRATIONS: Final = [
     CREATE INDEX packets_released ON packets (released_at) WHERE raw IS NOT NULL AND released_at IS NOT NULL;
     UPDATE packets SET released_at = accepted_at WHERE raw IS NOT NULL AND """
     + _NOT_OWED.replace(":now", "CAST(strftime('%s', 'now') AS INTEGER)") + ";",
-    # The SHA-256 of each whole packet was stored and never read (a re-publish is matched by its
-    # signed header): taking it cost the verify threads a GIL hand-off per packet (bench/relay.py:
-    # about 20-35 us of hub CPU per packet).
-    """
-    ALTER TABLE packets DROP COLUMN digest;
-    """,
 ]
 
-#: Most packets one purge operation on the writer thread looks at (a few ms of it: bench/purge.py).
+#: Most packets one purge operation on the writer thread looks at (a few ms of it: bench/purge.py);
+#: one bound parameter each, under SQLite's old limit of 999 per statement.
 PURGE_CHUNK: Final = 500
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
 _SCAN: Final = ("SELECT log_index FROM packet_recipients WHERE log_index > ? AND log_index <= ? AND nation = ? "
@@ -429,8 +425,11 @@ class SQLiteStorage:
                                                        now, p.expires, p.raw, leaf), tuple(p.recipients)))
                 results.append(Appended(index, now, False))
             out.append(results)
-        insert_rows(c, "INSERT INTO packets (log_index, packet_id, sender, signer, topic, created, expires, "
-                       "accepted_at, header, leaf_hash, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        # digest: no longer taken (an empty value), the column kept: the SHA-256 of each whole packet
+        # was never read (a re-publish is matched by its signed header), and taking it cost a verify
+        # thread a GIL hand-off per packet (bench/relay.py: 50-100 us of hub CPU per packet).
+        insert_rows(c, "INSERT INTO packets (log_index, packet_id, digest, sender, signer, topic, created, expires, "
+                       "accepted_at, header, leaf_hash, raw) VALUES (?,?,x'',?,?,?,?,?,?,?,?,?)", rows)
         insert_rows(c, "INSERT INTO packet_recipients VALUES (?,?)", recipients)
         return out
 
@@ -475,7 +474,12 @@ class SQLiteStorage:
         result: list[Appended | Conflict] = await self._submit(_Append(items, now))
         return result
 
-    async def subscribe(self, nation: str, name: str, patterns: tuple[str, ...]) -> Subscription:
+    async def subscribe(self, nation: str, name: str, patterns: tuple[str, ...],
+                        now: int | None = None) -> Subscription:
+        """Create a subscription, or change its patterns; ``now`` (default: the clock) tells which
+        released packets it may still be owed (those not expired)."""
+        when = int(time.time()) if now is None else now
+
         def op(c: sqlite3.Connection) -> Subscription:
             row = c.execute("SELECT patterns, cursor FROM subscriptions WHERE nation = ? AND name = ?",
                             (nation, name)).fetchone()
@@ -485,13 +489,13 @@ class SQLiteStorage:
                 c.execute("INSERT INTO subscriptions (nation, name, patterns, cursor, created) VALUES (?, ?, ?, -1, ?)",
                           (nation, name, json.dumps(list(patterns)), int(time.time())))
                 cursor = -1
-                _hold_again(c, nation, cursor)
+                _hold_again(c, nation, cursor, patterns, when)
             else:
                 cursor = row[1]
                 if json.loads(row[0]) != list(patterns):
                     c.execute("UPDATE subscriptions SET patterns = ? WHERE nation = ? AND name = ?",
                               (json.dumps(list(patterns)), nation, name))
-                    _hold_again(c, nation, cursor)
+                    _hold_again(c, nation, cursor, patterns, when)
             acked = frozenset(r[0] for r in c.execute(
                 "SELECT log_index FROM acks WHERE nation = ? AND name = ? AND log_index > ?", (nation, name, cursor)))
             return Subscription(nation, name, patterns, cursor, acked)
@@ -624,20 +628,24 @@ class SQLiteStorage:
         owed, and put back among the held those owed again (a subscription's patterns widened), so
         the next chunk reads new rows and they are released again, their retention counted anew.
         (Rows read: 0 when none are left; bodies dropped.)"""
-        ids = json.dumps([r[0] for r in c.execute(
+        ids = [r[0] for r in c.execute(
             "SELECT log_index FROM packets WHERE raw IS NOT NULL AND released_at IS NOT NULL AND released_at <= ? "
-            "LIMIT ?", (cutoff, PURGE_CHUNK))])
-        if ids == "[]":
+            "LIMIT ?", (cutoff, PURGE_CHUNK))]
+        if not ids:
             return 0, 0
-        chunk = "log_index IN (SELECT value FROM json_each(:ids))"
-        purged = [r[0] for r in c.execute(f"UPDATE packets SET raw = NULL WHERE {chunk} AND {_NOT_OWED} "
-                                          "RETURNING log_index", {"ids": ids, "now": now})]
-        held = c.execute(f"UPDATE packets SET released_at = NULL WHERE {chunk} AND raw IS NOT NULL", {"ids": ids})
+        # Named parameters throughout (_NOT_OWED's :now); no RETURNING or json_each: SQLite before 3.35.
+        params: dict[str, int] = {f"i{k}": v for k, v in enumerate(ids)}
+        chunk = f"log_index IN ({','.join(':' + k for k in params)})"
+        purged = [r[0] for r in c.execute(f"SELECT log_index FROM packets WHERE {chunk} AND {_NOT_OWED}",
+                                          {**params, "now": now})]
+        if purged:
+            c.execute(f"UPDATE packets SET raw = NULL WHERE log_index IN ({','.join('?' * len(purged))})", purged)
+        c.execute(f"UPDATE packets SET released_at = NULL WHERE {chunk} AND raw IS NOT NULL", params)
         # On this thread, the only one that changes the cache (a scan that still finds a purged
         # packet in it before the commit reads what the disk holds until then).
         for index in purged:
             self._recent.pop(index, None)
-        return len(purged) + held.rowcount, len(purged)
+        return len(ids), len(purged)
 
     async def close(self) -> None:
         self._queue.put(None)
@@ -647,13 +655,15 @@ class SQLiteStorage:
         os.close(self._lock_fd)
 
 
-def _hold_again(c: sqlite3.Connection, nation: str, cursor: int) -> None:
-    """A subscription of ``nation`` that starts (or changed its patterns) at ``cursor`` may be owed
-    packets already released: they are held again, and released (their retention counted anew)
-    once it has acknowledged them. Rare, and bounded by the bodies still held."""
+def _hold_again(c: sqlite3.Connection, nation: str, cursor: int, patterns: tuple[str, ...], now: int) -> None:
+    """A subscription of ``nation`` that starts (or changed its patterns) at ``cursor`` is owed the
+    released packets above it that its patterns match and that have not expired: they are held
+    again, and released (their retention counted anew) once it has acknowledged them. Rare, and
+    bounded by the bodies still held."""
     c.execute("UPDATE packets SET released_at = NULL WHERE raw IS NOT NULL AND released_at IS NOT NULL "
-              "AND log_index > ? AND EXISTS (SELECT 1 FROM packet_recipients r WHERE r.log_index = packets.log_index "
-              "AND r.nation = ?)", (cursor, nation))
+              "AND log_index > ? AND expires > ? AND topic_matches(?, topic) AND EXISTS (SELECT 1 FROM "
+              "packet_recipients r WHERE r.log_index = packets.log_index AND r.nation = ?)",
+              (cursor, now, json.dumps(list(patterns)), nation))
 
 
 def _resolve(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
