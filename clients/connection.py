@@ -308,9 +308,7 @@ class HubClient:
                 return
             if self._up_since is not None and loop.time() - self._up_since >= STABLE_AFTER:
                 attempt = 0
-            # Exponential backoff with full jitter, so 7 nodes do not reconnect in lockstep.
-            base, cap = self.backoff
-            await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** min(attempt, 16))))
+            await asyncio.sleep(backoff_delay(self.backoff, attempt))
             attempt += 1
 
     async def _connect_once(self) -> None:
@@ -455,6 +453,13 @@ class HubClient:
             return
         if entry and not entry[0].done():
             entry[0].set_result(f)
+
+
+def backoff_delay(backoff: tuple[float, float], attempt: int) -> float:
+    """Seconds to wait before try ``attempt`` (0, 1, ...): exponential backoff from ``backoff``'s
+    base up to its cap, with full jitter, so seven nodes do not retry in lockstep."""
+    base, cap = backoff
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
 
 
 def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:

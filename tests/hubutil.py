@@ -13,12 +13,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 
 from clients.connection import HubClient
 from hub.protocol import envelope
-from hub.protocol.federation import Federation
-from hub.protocol.suites import HYBRID, Suite
+from hub.keyfiles import write_federation
+from hub.protocol.federation import G7, Federation, create_federation
+from hub.protocol.suites import CLASSIC, HYBRID, Suite
 from hub.server.app import create_app
 from hub.server.config import HubConfig, parse_config
 
@@ -138,3 +140,20 @@ def assert_refused(r: subprocess.CompletedProcess[str], code: int, needle: str) 
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], r.stderr
+
+
+def module_federation(seed: bytes, name: str) -> tuple[Any, Any]:
+    """Fixtures ``fed`` and ``fed_dir`` for a module that needs a federation of its own (both
+    suites, created at the real clock the hub uses): ``fed, fed_dir = module_federation(...)``."""
+
+    @pytest.fixture(scope="module", name="fed")
+    def fed() -> Federation:
+        return create_federation(G7, now=int(time.time()), seed=seed, name=name, suites=(HYBRID.id, CLASSIC.id))
+
+    @pytest.fixture(scope="module", name="fed_dir")
+    def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
+        d = tmp_path_factory.mktemp(f"{name}-federation")
+        write_federation(fed, d, None, example=True)
+        return d
+
+    return fed, fed_dir

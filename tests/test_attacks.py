@@ -43,7 +43,7 @@ from hub.protocol import codec, envelope, frames
 from hub.protocol.certs import Certificate, issue_certificate
 from hub.protocol.checkpoint import Checkpoint, cosign_checkpoint, sign_checkpoint
 from hub.protocol.errors import DecodeError, ProtocolError, UntrustedSigner
-from hub.protocol.federation import G7, Federation, create_federation
+from hub.protocol.federation import Federation, create_federation
 from hub.protocol.keys import KemKey, SigningKey, signing_input
 from hub.protocol.note import Cosigner, NoteSigner, add_signatures
 from hub.protocol.roster import sign_revocations
@@ -55,7 +55,7 @@ from .attackutil import (
     Closed, RawWS, ShiftedClockRelay, auth_with, delivered, forward, mp, packet_count, quarantine_reasons, raw_map,
     rebuild, resign, rss_mb, seal, stored,
 )
-from .hubutil import collect, hub_config, node_client, running_hub
+from .hubutil import collect, hub_config, module_federation, node_client, running_hub
 from .logutil import checkpoint_at_least, fast_config, watcher
 from .nodeutil import make_node, running_nodes, until
 
@@ -65,18 +65,7 @@ NO_RECEIPTS = "[receipts]\ndelivered = false\n"
 REFUSED = {"malformed", "invalid_packet", "untrusted_signer", "clock_skew"}
 
 
-@pytest.fixture(scope="module")
-def fed() -> Federation:
-    """This module's own federation (both suites), created at the real clock the hub uses."""
-    return create_federation(G7, now=int(time.time()), seed=b"attacks", name="intelhub-attacks",
-                             suites=(HYBRID.id, CLASSIC.id))
-
-
-@pytest.fixture(scope="module")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("attack-federation")
-    write_federation(fed, d, None, example=True)
-    return d
+fed, fed_dir = module_federation(b"attacks", "intelhub-attacks")  # this module's own, at the real clock
 
 
 def cfg(fed_dir: Path, tmp_path: Path, **limits: Any) -> HubConfig:

@@ -19,11 +19,8 @@ async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed:
     cfg = tmp_path / "hub.toml"
     cfg.write_text(hub_toml(fed_dir, db))
     async with running_hub(hub_config(fed_dir, db)) as (url, _):
-        fr, it = node_client(fed, "FR", url), node_client(fed, "IT", url)
-        for c in (fr, it):
-            await c.start()
-            await c.wait_connected(10)
-        try:
+        async with node_client(fed, "FR", url) as fr, node_client(fed, "IT", url) as it:
+            await asyncio.gather(fr.wait_connected(10), it.wait_connected(10))
             # "old" was the subscription of an FR node that lost its store; "main" is consumed.
             await fr.subscribe("old", ["alerts.>"])
             await fr.subscribe("main", [">"])
@@ -43,9 +40,6 @@ async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed:
                 if by_name["main"]["owed"] == 0 or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.1)
-        finally:
-            await fr.close()
-            await it.close()
         assert set(by_name) == {"main", "old"} and {s["nation"] for s in by_name.values()} == {"FR"}
         assert by_name["main"]["owed"] == 0 and by_name["main"]["acked_at"] >= int(time.time()) - 60
         assert by_name["old"]["owed"] == 3 and by_name["old"]["acked_at"] is None
@@ -82,13 +76,9 @@ async def test_a_database_whose_name_has_uri_characters_is_read_as_itself(fed: F
     cfg = tmp_path / "hub.toml"
     cfg.write_text(hub_toml(fed_dir, db))
     async with running_hub(hub_config(fed_dir, db)) as (url, _):
-        fr = node_client(fed, "FR", url)
-        await fr.start()
-        try:
+        async with node_client(fed, "FR", url) as fr:
             await fr.wait_connected(10)
             await fr.subscribe("main", [">"])
-        finally:
-            await fr.close()
     r = hub_cli("subscriptions", cfg, "--json")
     assert r.returncode == 0, r.stderr
     assert [s["name"] for s in json.loads(r.stdout)["subscriptions"]] == ["main"]
@@ -107,11 +97,8 @@ async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed
     config = hub_config(fed_dir, db, limits={"ack_timeout": 0.2},
                         topics='[topics.FR]\nsubscribe = ["alerts.>"]\n')
     async with running_hub(config) as (url, app):
-        fr, it = node_client(fed, "FR", url), node_client(fed, "IT", url)
-        for c in (fr, it):
-            await c.start()
-            await c.wait_connected(10)
-        try:
+        async with node_client(fed, "FR", url) as fr, node_client(fed, "IT", url) as it:
+            await asyncio.gather(fr.wait_connected(10), it.wait_connected(10))
             await fr.subscribe("main", [">"])
             for _ in range(3):
                 await it.publish(seal_for(fed, "IT", ["FR"], topic="notices.general"), timeout=10)
@@ -125,6 +112,3 @@ async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed
             assert "never" in row and "unknown" not in row, row
             assert fr.deliveries.empty()
             assert await app[RELAY].storage.purge(int(time.time()), 0) == 3
-        finally:
-            await fr.close()
-            await it.close()

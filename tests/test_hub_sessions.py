@@ -20,30 +20,18 @@ from urllib.parse import urlparse
 import aiohttp
 import pytest
 
-from hub.keyfiles import write_federation
 from hub.protocol import codec, frames
 from hub.protocol.errors import ConfigError, ProtocolError, StoreError
-from hub.protocol.federation import G7, Federation, create_federation
+from hub.protocol.federation import Federation
 from hub.protocol.keys import KemKey, SigningKey
-from hub.protocol.suites import CLASSIC, HYBRID
 from hub.server.app import RELAY, SESSIONS
 
 from .attackutil import OP_PING, Closed, RawWS, auth_with, seal
 from .conftest import sample_alert
-from .hubutil import collect, hub_config, node_client, running_hub
+from .hubutil import collect, hub_config, module_federation, node_client, running_hub
 
 
-@pytest.fixture(scope="module")
-def fed() -> Federation:
-    return create_federation(G7, now=int(time.time()), seed=b"sessions", name="intelhub-sessions",
-                             suites=(HYBRID.id, CLASSIC.id))
-
-
-@pytest.fixture(scope="module")
-def fed_dir(fed: Federation, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("fed")
-    write_federation(fed, d, None, example=True)
-    return d
+fed, fed_dir = module_federation(b"sessions", "intelhub-sessions")  # this module's own, at the real clock
 
 
 async def test_pings_do_not_extend_the_authentication_deadline(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:

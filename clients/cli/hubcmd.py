@@ -3,11 +3,43 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from .common import emit_json, fail, json_option, table
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def config_option(f: F) -> F:
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                        envvar="INTELHUB_HUB_CONFIG", show_envvar=True,
+                        help="Hub configuration (TOML); see examples/hub.toml.")(f)
+
+
+def _offline(database: Path, op: Callable[[Any], Awaitable[T]]) -> T:
+    """``op(storage)`` on the hub's database, with the hub stopped (the database lock refuses
+    otherwise, naming it)."""
+    import asyncio
+
+    from hub.server.sqlite_store import SQLiteStorage
+
+    if not database.is_file():
+        raise click.ClickException(f"hub.database: {database} does not exist")
+
+    async def run() -> T:
+        storage = SQLiteStorage(database)
+        try:
+            return await op(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(run())
 
 
 @click.group("hub")
@@ -16,8 +48,7 @@ def hub() -> None:
 
 
 @hub.command("serve")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@config_option
 @click.option("--port-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the actual listening port here once serving (useful with port 0).")
 @click.option("--check", is_flag=True, help="Validate the configuration and keys, then exit.")
@@ -31,11 +62,9 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
         defer_stop_signals()
 
     from hub.logs import setup_logging
-    from hub.server.app import check_port_file, load_identity, tls_context
+    from hub.server.app import check_port_file, load_identity, owner_decision, tls_context
     from hub.server.app import serve as run
     from hub.server.config import load_config
-    from hub.server.log import checkpoint_opener
-    from hub.server.owner import decide
 
     config = load_config(config_path)
     if port_file is not None:
@@ -44,7 +73,7 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
         # Everything serve checks before it listens, without writing anything.
         trust, signing = load_identity(config)
         tls_context(config)
-        decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing))
+        owner_decision(config, trust, signing)
         click.echo(f"{config_path}: OK; {len(trust.roster.nations)} nations, {len(trust.certs)} certificates, "
                    f"{'TLS' if config.tls_cert else 'plain HTTP on loopback'}, database {config.database}")
         return
@@ -53,8 +82,7 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
 
 
 @hub.command("rotate-key")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@config_option
 def rotate_key(config_path: Path) -> None:
     """Let the hub's database pass to a new hub key that a newer roster names (run with the hub stopped).
 
@@ -62,29 +90,17 @@ def rotate_key(config_path: Path) -> None:
     unless the roster in the trust directory is newer than the one the database ran with, for
     the same federation and hub name, and names the key in hub.key.
     """
-    import asyncio
-
-    from hub.server.app import load_identity
+    from hub.server.app import load_identity, owner_decision
     from hub.server.config import load_config
-    from hub.server.log import checkpoint_opener
-    from hub.server.owner import decide, record
-    from hub.server.sqlite_store import SQLiteStorage
+    from hub.server.owner import record
 
     config = load_config(config_path)
     trust, signing = load_identity(config)
     if not config.database.is_file():
         raise click.ClickException(f"hub.database: {config.database} does not exist; there is nothing to rotate")
-    old, new = decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing), rotate=True)
+    old, new = owner_decision(config, trust, signing, rotate=True)
     assert old is not None and new is not None  # a rotation is from a recorded owner, and always writes
-
-    async def run() -> None:
-        storage = SQLiteStorage(config.database)  # takes the lock: refused while a hub serves it
-        try:
-            await record(storage, new)
-        finally:
-            await storage.close()
-
-    asyncio.run(run())
+    _offline(config.database, lambda storage: record(storage, new))
     click.echo(f"{config.database}: passed from {old.describe()} "
                f"to {new.describe()}; the next checkpoint is signed by the new key")
 
@@ -100,8 +116,7 @@ def _ago(now: int, t: int | None) -> str:
 
 
 @hub.command("subscriptions")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@config_option
 @click.option("--nation", default=None, help="Only this nation's subscriptions (e.g. FR).")
 @json_option
 def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
@@ -135,32 +150,18 @@ def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
 
 
 @hub.command("unsubscribe")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              envvar="INTELHUB_HUB_CONFIG", show_envvar=True, help="Hub configuration (TOML); see examples/hub.toml.")
+@config_option
 @click.option("--nation", required=True, help="The subscription's nation (e.g. FR).")
 @click.option("--name", required=True, help="The subscription's name (see `intelhub hub subscriptions`).")
 def unsubscribe(config_path: Path, nation: str, name: str) -> None:
     """Remove a subscription for good, with the hub stopped: the packets it held are then kept only
     for the nation's other subscriptions. A node that subscribes again under the name starts afresh."""
-    import asyncio
-
     from hub.protocol.certs import check_nation
     from hub.server.config import load_config
-    from hub.server.sqlite_store import SQLiteStorage
 
     config = load_config(config_path)
     check_nation(nation, "--nation")
-    if not config.database.is_file():
-        raise click.ClickException(f"hub.database: {config.database} does not exist")
-
-    async def run() -> bool:
-        storage = SQLiteStorage(config.database)
-        try:
-            return await storage.unsubscribe(nation, name)
-        finally:
-            await storage.close()
-
-    if not asyncio.run(run()):
+    if not _offline(config.database, lambda storage: storage.unsubscribe(nation, name)):
         fail(f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
              "lists them", 2)
     click.echo(f"removed {nation}'s subscription {name!r}")

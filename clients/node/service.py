@@ -14,7 +14,6 @@ import asyncio
 import datetime
 import logging
 import os
-import random
 import ssl
 import time
 from collections import Counter, OrderedDict
@@ -24,7 +23,7 @@ from functools import partial
 from collections.abc import AsyncIterator
 from typing import Any, Callable, TypeVar
 
-from clients.connection import RETRY_SUB_CODES, Delivery, HubClient
+from clients.connection import RETRY_SUB_CODES, Delivery, HubClient, backoff_delay
 from hub.aio import wait_event
 from hub.keyfiles import load_certificate, load_private_keys, load_trust_dir
 from hub.protocol import codec, envelope
@@ -510,7 +509,6 @@ class NodeService:
     async def _start(self, ready: asyncio.Event | None) -> None:
         """Connect and subscribe, for as long as it takes: the hub may be down when the node starts
         (the client reconnects with backoff meanwhile); a refusal for good ends it."""
-        base, cap = self.client.backoff
         attempt, warned = 0, -float("inf")
         while True:
             try:
@@ -527,9 +525,9 @@ class NodeService:
                 if time.monotonic() - warned >= START_WARN_EVERY:
                     warned = time.monotonic()
                     log.warning("%s node not connected and subscribed yet (%s); still trying", self.me.nation, exc)
-                # A hub that answers "unavailable" at once is not asked again at once (full jitter).
-                await asyncio.sleep(random.uniform(0, min(cap, base * 2 ** attempt)))
-                attempt = min(attempt + 1, 30)
+                # A hub that answers "unavailable" at once is not asked again at once.
+                await asyncio.sleep(backoff_delay(self.client.backoff, attempt))
+                attempt += 1
         await self._unsubscribe_dropped()
         if ready:
             ready.set()

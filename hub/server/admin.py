@@ -8,14 +8,13 @@ stopped: the database belongs to one hub process at a time.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from hub.protocol.errors import StoreError
 
-from .sqlite_store import check_database, connect_read_only, register_functions
+from .sqlite_store import reading
 
 
 @dataclass(frozen=True)
@@ -47,15 +46,9 @@ _OWED = """
 
 def subscriptions(path: Path, now: int, nation: str | None = None) -> list[SubscriptionState]:
     """Every subscription in the database at ``path`` (of one nation, if given), with what it is owed."""
-    check_database(path)
-    if not path.is_file():
-        raise StoreError(f"{path}: no hub database there; check hub.database")
-    try:
-        c = connect_read_only(path)
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot open it read-only ({exc})") from None
-    try:
-        register_functions(c)
+    with reading(path) as c:
+        if c is None:
+            raise StoreError(f"{path}: no hub database there; check hub.database")
         columns = {r[1] for r in c.execute("PRAGMA table_info(subscriptions)")}
         if not columns:
             return []  # a new database the hub has not set up yet
@@ -68,7 +61,3 @@ def subscriptions(path: Path, now: int, nation: str | None = None) -> list[Subsc
                                              "name": name}).fetchone()
             out.append(SubscriptionState(n, name, json.loads(patterns), cursor, created, acked_at, owed, oldest))
         return out
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read its subscriptions ({exc})") from None
-    finally:
-        c.close()

@@ -28,7 +28,7 @@ from hub.protocol.trust import Trust
 
 from .config import HubConfig
 from .metrics import Metrics
-from .owner import decide, record
+from .owner import LogOwner, decide, record
 from .relay import Relay
 from .session import Session
 from .sqlite_store import SQLiteStorage
@@ -150,10 +150,10 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         trust, signing = load_identity(config)
         metrics = Metrics()
-        from .log import HubLog, checkpoint_opener
+        from .log import HubLog
 
         # Before the database is opened for writing: a refused one is left exactly as it was.
-        _, owner = decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing))
+        _, owner = owner_decision(config, trust, signing)
         storage = SQLiteStorage(config.database)
         try:
             storage.on_commit = metrics.on_commit
@@ -220,6 +220,14 @@ def load_identity(config: HubConfig) -> tuple[Trust, SigningKey]:
     if keys.signing is None or keys.signing.public().key_id != trust.roster.hub_key.key_id:
         raise KeyFileError(f"{config.key}: not the hub key named in the roster")
     return trust, keys.signing
+
+
+def owner_decision(config: HubConfig, trust: Trust, signing: SigningKey, *,
+                   rotate: bool = False) -> tuple[LogOwner | None, LogOwner | None]:
+    """:func:`~hub.server.owner.decide` for this hub's database, roster and key (start, --check, rotate-key)."""
+    from .log import checkpoint_opener
+
+    return decide(config.database, trust.roster, checkpoint_opener(trust.roster.hub_name, signing), rotate=rotate)
 
 
 def tls_context(config: HubConfig) -> ssl.SSLContext | None:

@@ -506,17 +506,13 @@ class Session:
                          f"(limit {limit}); reuse one of its names ({', '.join(names[:8])}...) or unsub one")
         # The feeds of this name stop before the cursor is read: one still running could otherwise
         # write, during the read, a cursor past packets its old patterns passed by and the new match.
-        old = self.feeds.pop(name, None)
-        if old:
-            old.stop()
+        self.drop_feed(name)
         self.relay.claim_feed(self, name)
         sub = await self.relay.storage.subscribe(self.nation, name, patterns, self.relay.now())
         # Claimed again: another session of the nation may have subscribed it during the wait (it
         # then had no feed of ours to stop, and two feeds would run).
         self.relay.claim_feed(self, name)
-        old = self.feeds.pop(name, None)
-        if old:
-            old.stop()
+        self.drop_feed(name)
         feed = Feed(self, name, patterns, sub.cursor, sub.acked)
         self.feeds[name] = feed
         await self.send("subscribed", rid=f["rid"], name=name, cursor=sub.cursor + 1)
@@ -549,7 +545,8 @@ class Session:
         await self.send("ok", rid=f["rid"])
 
     def drop_feed(self, name: str) -> None:
-        """Another session of this nation took the subscription over (or it is being removed)."""
+        """Stop this session's feed of ``name``: another session took the subscription over, it is
+        being removed, or this session subscribes it again."""
         feed = self.feeds.pop(name, None)
         if feed:
             feed.stop()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import fcntl
 import functools
 import os
@@ -25,7 +26,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -230,34 +231,46 @@ class DatabaseState:
     leaves: int
 
 
-def inspect_database(path: Path, blobs: tuple[tuple[str, bytes], ...] = ()) -> DatabaseState:
-    """The state of the hub database at ``path`` without writing to it (not even a WAL switch):
-    refused as :func:`check_database` does, or if its schema is newer than this intelhub's."""
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """A read-only connection to the hub database at ``path`` (None if there is none yet), refused
+    as :func:`check_database` does or if its schema is newer than this intelhub's; an SQLite error
+    while it is used becomes a StoreError naming the file."""
     check_database(path)
     if not path.is_file() or path.stat().st_size == 0:
-        return DatabaseState({}, 0)
+        yield None
+        return
     try:
         c = connect_read_only(path)
-        try:
-            tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if "schema_migrations" in tables:
-                version = c.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
-                if version > len(MIGRATIONS):
-                    raise StoreError(f"{path}: hub database is at schema version {version}, newer than this "
-                                     f"intelhub ({len(MIGRATIONS)}); upgrade intelhub")
-            if not _HUB_TABLES <= tables:
-                return DatabaseState({}, 0)
-            found = {}
-            for kind, key in blobs:
-                row = c.execute("SELECT data FROM blobs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-                if row is not None:
-                    found[(kind, key)] = bytes(row[0])
-            last = c.execute("SELECT MAX(log_index) FROM packets").fetchone()[0]
-            return DatabaseState(found, 0 if last is None else last + 1)
-        finally:
-            c.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open it read-only ({exc})") from None
+    try:
+        register_functions(c)
+        if c.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'").fetchone():
+            version = c.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] or 0
+            if version > len(MIGRATIONS):
+                raise StoreError(f"{path}: hub database is at schema version {version}, newer than this "
+                                 f"intelhub ({len(MIGRATIONS)}); upgrade intelhub")
+        yield c
     except sqlite3.Error as exc:
         raise StoreError(f"{path}: cannot read it ({exc})") from None
+    finally:
+        c.close()
+
+
+def inspect_database(path: Path, blobs: tuple[tuple[str, bytes], ...] = ()) -> DatabaseState:
+    """The state of the hub database at ``path`` without writing to it (not even a WAL switch)."""
+    with reading(path) as c:
+        if c is None or not _HUB_TABLES <= {r[0] for r in c.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}:
+            return DatabaseState({}, 0)
+        found = {}
+        for kind, key in blobs:
+            row = c.execute("SELECT data FROM blobs WHERE kind = ? AND key = ?", (kind, key)).fetchone()
+            if row is not None:
+                found[(kind, key)] = bytes(row[0])
+        last = c.execute("SELECT MAX(log_index) FROM packets").fetchone()[0]
+        return DatabaseState(found, 0 if last is None else last + 1)
 
 
 def _lock(path: Path) -> int:
