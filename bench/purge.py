@@ -2,8 +2,8 @@
 
 Builds a hub database (the real SQLiteStorage) of N packets to the G7, all acknowledged by each
 nation's subscription except FR's second one, "unused" (a node retired without `unsub`): every
-packet is still owed to it, so each purge pass looks at all of them and releases none. While a
-pass runs, one packet is appended every 2 ms, as a publishing hub would; their commit latency is
+packet is still owed to it, and no purge pass releases any. The first pass after a start looks at
+each of them in full; later passes only check them for expiry, from an index. While a pass runs, one packet is appended every 2 ms, as a publishing hub would; their commit latency is
 the cost a purge puts on ACCEPTED. The baseline is the same appends with no purge running.
 
     .venv/bin/python bench/purge.py [--packets 100000]
@@ -67,19 +67,26 @@ async def main_async(n: int) -> None:
             for nation in NATIONS:
                 await st.ack(nation, "main", [], n - 1)
             base = await appends_while(st, n, None, 1.0)
+            # The first pass after a start looks at every held packet in full; the later ones only
+            # at those whose subscriptions changed, and new ones (the seven "main" subscriptions
+            # acknowledge the packets appended meanwhile, as live nodes would).
             passes = []
             lat: list[float] = []
-            for k in range(3):
+            for k in range(4):
                 t = time.perf_counter()
                 job = asyncio.ensure_future(st.purge(ACCEPTED + 100 + k, 0))
-                lat += await appends_while(st, n + 10_000 * (k + 1), job, 0)
+                top = n + 10_000 * (k + 1)
+                lat += await appends_while(st, top, job, 0)
                 assert await job == 0
                 passes.append(time.perf_counter() - t)
+                for nation in NATIONS:
+                    await st.ack(nation, "main", [], st.size() - 1)
         finally:
             await st.close()
     print(f"hub purge over {n:,} packets owed to an unused subscription (chunks of {PURGE_CHUNK:,}):")
-    print(f"  a pass takes {statistics.median(passes):.2f} s (median of 3; the hub runs one a minute)")
-    print(f"  one-packet commits during it: p50 {pct(lat, 50) * 1e3:.1f} ms, p99 {pct(lat, 99) * 1e3:.1f} ms, "
+    print(f"  the first pass after a start takes {passes[0]:.2f} s (each held packet looked at in full)")
+    print(f"  a later pass takes {statistics.median(passes[1:]):.3f} s (median of 3; the hub runs one a minute)")
+    print(f"  one-packet commits during the passes: p50 {pct(lat, 50) * 1e3:.1f} ms, p99 {pct(lat, 99) * 1e3:.1f} ms, "
           f"max {max(lat) * 1e3:.1f} ms ({len(lat)} commits)")
     print(f"  the same commits with no purge:  p50 {pct(base, 50) * 1e3:.1f} ms, p99 {pct(base, 99) * 1e3:.1f} ms, "
           f"max {max(base) * 1e3:.1f} ms ({len(base)} commits)")

@@ -507,6 +507,86 @@ async def test_memory_index_stays_bounded_while_purges_empty_the_cache(
         await st.close()
 
 
+def _purge_state(path: Path) -> list[tuple[int, bool, int | None]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT log_index, raw IS NULL, released_at FROM packets ORDER BY log_index").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("seed", range(8))
+async def test_a_later_purge_pass_ends_as_a_first_pass_would(tmp_path: Path, seed: int) -> None:
+    """A purge pass after the first looks in full only at packets whose subscriptions changed: after
+    random appends, subscriptions, pattern changes, acks, unsubscriptions and expiries, each pass of
+    a long-running store leaves every body held, released and dropped exactly as a first pass does
+    (a store opened on a copy of the database taken just before)."""
+    rng = random.Random(seed)
+    nations, names = ("CA", "DE", "FR"), ("main", "archive")
+    topics = ("alerts.x", "alerts.y", "reports.z")
+    patterns = ((">",), ("alerts.>",), ("reports.*",), ("alerts.x",))
+    st = SQLiteStorage(tmp_path / "hub.db")
+    cursors: dict[tuple[str, str], int] = {}
+    now, count, passes = ACCEPTED, 0, 0
+    try:
+        for step in range(40):
+            for _ in range(rng.randint(1, 4)):
+                op = rng.random()
+                if op < 0.35:
+                    items = [addressed(count + k, tuple(rng.sample(nations, rng.randint(1, 3))), rng.choice(topics),
+                                       now + rng.randint(1, 60)) for k in range(rng.randint(1, 4))]
+                    results = await st.append(items, now)
+                    count += len(items)
+                    assert all(isinstance(r, Appended) for r in results)
+                elif op < 0.55:
+                    key = (rng.choice(nations), rng.choice(names))
+                    sub = await st.subscribe(*key, rng.choice(patterns), now=now)
+                    cursors[key] = sub.cursor
+                elif op < 0.65 and cursors:
+                    key = rng.choice(sorted(cursors))
+                    assert await st.unsubscribe(*key)
+                    del cursors[key]
+                elif cursors and count:
+                    key = rng.choice(sorted(cursors))
+                    cursor = rng.randint(cursors[key], count - 1) if rng.random() < 0.5 else cursors[key]
+                    above = sorted(rng.sample(range(cursor + 1, count), min(2, count - cursor - 1)))
+                    await st.ack(*key, above, cursor)
+                    cursors[key] = cursor
+            now += rng.randint(0, 20)
+            retention = rng.randint(0, 30)
+            copy = tmp_path / f"copy-{step}.db"
+            src, dst = sqlite3.connect(tmp_path / "hub.db"), sqlite3.connect(copy)
+            src.backup(dst)
+            src.close()
+            dst.close()
+            fresh = SQLiteStorage(copy)
+            try:
+                expected = await fresh.purge(now, retention)
+            finally:
+                await fresh.close()
+            assert await st.purge(now, retention) == expected, step
+            assert _purge_state(tmp_path / "hub.db") == _purge_state(copy), step
+            passes += expected > 0
+    finally:
+        await st.close()
+    assert passes >= 3, "too few bodies dropped for the comparison to mean much"
+
+
+async def test_a_later_purge_pass_sees_an_acknowledgement_above_the_cursor(tmp_path: Path) -> None:
+    """A packet held at one pass, then acknowledged out of order (the cursor stays below it), goes at
+    the next pass: an acknowledgement counts as a change of its subscription."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        assert await appended(st, [addressed(i, ("FR",)) for i in range(4)]) == [0, 1, 2, 3]
+        assert await st.purge(ACCEPTED, 0) == 0
+        await st.ack("FR", "main", [2], -1)
+        assert await st.purge(ACCEPTED + 1, 0) == 1
+        assert bodies(st, "FR") == {0: raw_of(0), 1: raw_of(1), 2: None, 3: raw_of(3)}
+    finally:
+        await st.close()
+
+
 async def test_purge_goes_through_a_backlog_in_chunks_and_misses_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of two packets: the ones owed (to FR/archive) in between do not stop the passes."""

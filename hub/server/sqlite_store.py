@@ -126,11 +126,20 @@ MIGRATIONS: Final = [
     CREATE INDEX packets_released ON packets (released_at) WHERE raw IS NOT NULL AND released_at IS NOT NULL;
     UPDATE packets SET released_at = accepted_at WHERE raw IS NOT NULL AND """
     + _NOT_OWED.replace(":now", "CAST(strftime('%s', 'now') AS INTEGER)") + ";",
+    # The held packets' expiry beside their index: a purge checks those whose subscriptions did not
+    # change for expiry from the index alone, without reading their rows (each a whole packet).
+    """
+    DROP INDEX packets_held;
+    CREATE INDEX packets_held ON packets (log_index, expires) WHERE raw IS NOT NULL AND released_at IS NULL;
+    """,
 ]
 
 #: Most packets one purge operation on the writer thread looks at (a few ms of it: bench/purge.py);
 #: one bound parameter each, under SQLite's old limit of 999 per statement.
 PURGE_CHUNK: Final = 500
+#: Most held packets one purge operation checks for expiry alone (those whose subscriptions did not
+#: change since the last pass): a plain comparison each, about as long as PURGE_CHUNK full checks.
+EXPIRY_CHUNK: Final = 10_000
 _COLS: Final = "log_index, packet_id, sender, signer, topic, header, accepted_at, expires, raw, leaf_hash"
 _SCAN: Final = ("SELECT log_index FROM packet_recipients WHERE log_index > ? AND log_index <= ? AND nation = ? "
                 "ORDER BY log_index LIMIT ?")
@@ -328,6 +337,11 @@ class SQLiteStorage:
         #: The highest committed index whose packet is in ``_by_nation`` (or on disk below _mem_from).
         self._committed = self._next_index - 1
         self.on_commit: Callable[[float, int], None] | None = None
+        # What the last completed release pass saw (see _release_plan): each subscription's
+        # (patterns, cursor, acks above it), and the highest index it looked at. None: no pass yet.
+        self._seen: dict[tuple[str, str], tuple[str, int, int]] | None = None
+        self._seen_top = -1
+        self._purging = asyncio.Lock()
 
     # -- the writer thread --------------------------------------------------
 
@@ -608,15 +622,22 @@ class SQLiteStorage:
         acknowledgement), then drops the bodies released before the cutoff that nobody is owed
         again meanwhile (a subscription made since starts from the oldest body held).
 
+        A held packet is looked at in full only if a subscription that could have been owed it
+        changed since the last pass (see :meth:`_release_plan`), or it is new since; the others are
+        only checked for expiry. So packets owed for weeks to a subscription nobody uses cost a
+        plain comparison each per pass, not the subscription queries (bench/purge.py).
+
         In writer operations of at most PURGE_CHUNK packets each: commits of new packets go in
         between, so a large backlog (say, a million packets owed to a subscription nobody uses)
         delays an ACCEPTED by one chunk's few milliseconds, not by the whole pass."""
         cutoff = now - retention
-        pos = -1
-        while True:
-            pos = await self._submit(functools.partial(self._release_chunk, now, pos))
-            if pos is None:
-                break
+        async with self._purging:  # one pass at a time: each starts from what the last one saw
+            full_from, seen = await self._submit(self._release_plan)
+            pos: int | tuple[int] = -1
+            while not isinstance(pos, tuple):
+                pos = await self._submit(functools.partial(self._release_chunk, now, pos, full_from))
+            # Only once the whole pass is committed: a pass cut short is looked at again in full.
+            self._seen, self._seen_top = seen, pos[0]
         purged = 0
         while True:
             read, dropped = await self._submit(functools.partial(self._drop_chunk, now, cutoff))
@@ -624,16 +645,49 @@ class SQLiteStorage:
             if not read:
                 return purged
 
-    def _release_chunk(self, now: int, after: int, c: sqlite3.Connection) -> int | None:
+    def _release_plan(self, c: sqlite3.Connection) -> tuple[int, dict[tuple[str, str], tuple[str, int, int]]]:
+        """The lowest log index a release pass must look at in full, and what it sees now.
+
+        A packet held at the last pass was owed then to some subscription (or to a recipient
+        nation with none). It can only be owed to nobody now if that subscription changed since
+        (its cursor moved, it acknowledged packets above it, its patterns changed, or it went)
+        or the nation made its first subscription; or if it expired, which is checked for every
+        held packet. A changed subscription is owed nothing at or below the lower of its cursors."""
+        acks = {(n, name): k for n, name, k in c.execute("SELECT nation, name, COUNT(*) FROM acks GROUP BY nation, name")}
+        now = {(n, name): (patterns, cursor, acks.get((n, name), 0))
+               for n, name, patterns, cursor in c.execute("SELECT nation, name, patterns, cursor FROM subscriptions")}
+        before = self._seen
+        if before is None:
+            return 0, now
+        lowest = self._seen_top + 1
+        for key, old in before.items():
+            new = now.get(key)
+            if new != old:
+                lowest = min(lowest, old[1] + 1, lowest if new is None else new[1] + 1)
+        nations = {n for n, _ in before}
+        if any(n not in nations for n, _ in now):
+            return 0, now  # a nation's first subscription: what it passed by is owed to nobody now
+        return max(lowest, 0), now
+
+    def _release_chunk(self, now: int, after: int, full_from: int, c: sqlite3.Connection) -> int | tuple[int]:
         """Mark released the held packets among the next PURGE_CHUNK after index ``after`` that
-        nobody is owed; the last index looked at (None: no more)."""
+        nobody is owed (below ``full_from``, the next EXPIRY_CHUNK that expired); the last index
+        looked at, or (the highest index of the store,) when there are no more."""
+        expiry_only = after + 1 < full_from
         [[hi]] = c.execute("SELECT MAX(log_index) FROM (SELECT log_index FROM packets WHERE raw IS NOT NULL "
-                           "AND released_at IS NULL AND log_index > ? ORDER BY log_index LIMIT ?)",
-                           (after, PURGE_CHUNK))
+                           "AND released_at IS NULL AND log_index > ? AND log_index < ? ORDER BY log_index LIMIT ?)",
+                           (after, full_from if expiry_only else 1 << 62, EXPIRY_CHUNK if expiry_only else PURGE_CHUNK))
         if hi is None:
-            return None
-        c.execute(f"UPDATE packets SET released_at = :now WHERE log_index > :after AND log_index <= :hi "
-                  f"AND raw IS NOT NULL AND released_at IS NULL AND {_NOT_OWED}", {"now": now, "after": after, "hi": hi})
+            # Appends of this batch ran before this operation: every index below _next_index is looked at.
+            return full_from - 1 if expiry_only else (self._next_index - 1,)
+        args = {"now": now, "after": after, "hi": hi}
+        if expiry_only:  # from the index (log_index, expires), not the rows
+            c.execute("UPDATE packets SET released_at = :now WHERE log_index IN (SELECT log_index FROM packets "
+                      "WHERE raw IS NOT NULL AND released_at IS NULL AND log_index > :after AND log_index <= :hi "
+                      "AND expires <= :now)", args)
+        else:
+            c.execute(f"UPDATE packets SET released_at = :now WHERE log_index > :after AND log_index <= :hi "
+                      f"AND raw IS NOT NULL AND released_at IS NULL AND {_NOT_OWED}", args)
         return int(hi)
 
     def _drop_chunk(self, now: int, cutoff: int, c: sqlite3.Connection) -> tuple[int, int]:
