@@ -27,11 +27,11 @@ from .storage import StoredPacket
 
 log = logging.getLogger("intelhub.hub.session")
 
-#: Close codes (RFC 6455 §7.4 and the private range 4000-4999).
+#: Close codes (RFC 6455 §7.4 and the private range 4000-4999; docs/protocol.md §8.6). 4002 and 4004
+#: are not used: a bad frame after authentication gets an error and the session goes on, and a
+#: subscription taken over by another session of the nation stops its feed in the old one, not the session.
 CLOSE_AUTH_FAILED = 4001
-CLOSE_PROTOCOL = 4002
 CLOSE_TIMEOUT = 4003
-CLOSE_REPLACED = 4004
 CLOSE_TOO_MANY = 4005
 #: Seconds between checks that a session's certificate is still usable (expiry, revocation).
 CERT_RECHECK = 60.0
