@@ -30,10 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def hub_toml(fed_dir: Path, db: Path, *, listen: str = "127.0.0.1:0", limits: dict[str, Any] | None = None,
-             topics: str = "") -> str:
+             topics: str = "", control: Path | None = None) -> str:
     lim = "".join(f"{k} = {v}\n" for k, v in (limits or {}).items())
+    ctl = "" if control is None else f'control_socket = "{control}"\n'
     return (f'[hub]\nlisten = "{listen}"\nkey = "{fed_dir}/hub/hub.key"\ntrust = "{fed_dir}"\n'
-            f'database = "{db}"\nverify_threads = 2\n\n[limits]\n{lim}\n{topics}')
+            f'database = "{db}"\nverify_threads = 2\n{ctl}\n[limits]\n{lim}\n{topics}')
 
 
 def hub_config(fed_dir: Path, db: Path, **kw: Any) -> HubConfig:

@@ -337,6 +337,8 @@ async def test_bad_config_names_the_field(fed_dir: Path, tmp_path: Path) -> None
         base + "[limits]\nauth_timeout = 1e-300\n": "limits.auth_timeout: at least 0.05 s",
         base.replace(f"{fed_dir}/hub/hub.key", str(fed_dir)): "is not a regular file",  # a directory
         base.replace("[hub]\n", "[hub]\ncheckpoint_interval = 1e-300\n"): "hub.checkpoint_interval: at least",
+        base.replace("[hub]\n", "[hub]\ncontrol_socket = 3\n"): "hub.control_socket: must be a str",
+        base.replace("[hub]\n", f'[hub]\ncontrol_socket = "{"c" * 120}"\n'): "hub.control_socket: ",
     }
     for text, expected in cases.items():
         with pytest.raises(ConfigError) as exc:

@@ -1,14 +1,22 @@
 """The hub operator's subscription commands: `intelhub hub subscriptions` reads beside a serving hub;
-`intelhub hub unsubscribe` removes a subscription nobody consumes, with the hub stopped."""
+`intelhub hub unsubscribe` removes a subscription nobody consumes, through the hub's control socket
+while it runs, or on its database with it stopped."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import stat
 import time
 from pathlib import Path
 
+import aiohttp
+import pytest
+
+from hub.protocol.errors import ConfigError
 from hub.protocol.federation import Federation
+from hub.server.control import UNSUBSCRIBE, call
 
 from .hubutil import assert_refused, collect, hub_cli, hub_config, hub_toml, node_client, running_hub, seal_for
 
@@ -44,7 +52,9 @@ async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed:
         assert by_name["main"]["owed"] == 0 and by_name["main"]["acked_at"] >= int(time.time()) - 60
         assert by_name["old"]["owed"] == 3 and by_name["old"]["acked_at"] is None
         assert by_name["old"]["patterns"] == ["alerts.>"] and by_name["old"]["oldest_owed"] is not None
-        assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "old"), 5, "in use by another hub")
+        r = hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "old")
+        assert_refused(r, 5, "in use by another hub")
+        assert "set [hub] control_socket to do this while it runs" in r.stderr
 
     r = hub_cli("subscriptions", cfg)
     assert r.returncode == 0, r.stderr
@@ -112,3 +122,113 @@ async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed
             assert "never" in row and "unknown" not in row, row
             assert fr.deliveries.empty()
             assert await app[RELAY].storage.purge(int(time.time()), 0) == 3
+
+
+# -- the control socket: removing a subscription while the hub runs ---------------------------------------
+
+
+async def test_an_operator_removes_a_subscription_while_the_hub_runs(fed: Federation, fed_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    db, sock = tmp_path / "hub.db", tmp_path / "hub.control"
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db, control=sock))
+    async with running_hub(hub_config(fed_dir, db, control=sock)) as (url, _):
+        assert stat.S_ISSOCK(sock.lstat().st_mode) and stat.S_IMODE(sock.lstat().st_mode) == 0o600
+        async with node_client(fed, "FR", url) as fr, node_client(fed, "IT", url) as it:
+            await asyncio.gather(fr.wait_connected(10), it.wait_connected(10))
+            await fr.subscribe("old", ["alerts.>"])
+            await fr.subscribe("main", [">"])
+            await it.publish(seal_for(fed, "IT", ["FR"]), timeout=10)
+            assert len(await collect(fr, 2, ack=False)) == 2
+            # A subscription a connected node is fed is not pulled from under it.
+            r = await asyncio.to_thread(hub_cli, "unsubscribe", cfg, "--nation", "FR", "--name", "old")
+            assert_refused(r, 2, "a connected session of FR is fed 'old'")
+        # The FR node is gone; the hub still runs.
+        r = await asyncio.to_thread(hub_cli, "unsubscribe", cfg, "--nation", "FR", "--name", "old")
+        assert r.returncode == 0 and "removed FR's subscription 'old' (from the running hub)" in r.stdout, r.stderr
+        r = await asyncio.to_thread(hub_cli, "subscriptions", cfg, "--json")
+        assert [s["name"] for s in json.loads(r.stdout)["subscriptions"]] == ["main"]
+        r = await asyncio.to_thread(hub_cli, "unsubscribe", cfg, "--nation", "FR", "--name", "old")
+        assert_refused(r, 2, "no subscription named 'old'")
+        # What the socket takes is checked like any other entry point.
+        for body in (b"not json", b'{"nation": "fr", "name": "main"}', b'{"nation": "FR", "name": ""}',
+                     b'{"nation": "FR", "name": "main", "x": 1}', b"[]"):
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
+                async with s.post("http://hub" + UNSUBSCRIBE, data=body) as resp:
+                    assert resp.status == 400 and (await resp.json())["code"] == "bad_request", body
+        r = await asyncio.to_thread(hub_cli, "subscriptions", cfg, "--json")  # "main" untouched by all that
+        [main] = json.loads(r.stdout)["subscriptions"]
+        assert main["name"] == "main" and main["owed"] == 1
+    assert not sock.exists(), "the hub left its control socket behind"
+    # Stopped: the command goes to the database itself.
+    r = hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "main")
+    assert r.returncode == 0 and "removed FR's subscription 'main'" in r.stdout and "running" not in r.stdout, r.stderr
+
+
+async def test_a_control_socket_path_is_taken_only_when_nobody_uses_it(fed: Federation, fed_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    sock = tmp_path / "hub.control"
+    # Left by a hub that was killed: replaced.
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()
+    async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+        r = await asyncio.to_thread(hub_cli, "subscriptions", _cfg(tmp_path, fed_dir, tmp_path / "a.db", sock))
+        assert r.returncode == 0, r.stderr
+        # A second hub (its own database) pointed at the live socket does not start, and leaves it be.
+        with pytest.raises(ConfigError, match="already listens on"):
+            async with running_hub(hub_config(fed_dir, tmp_path / "b.db", control=sock)):
+                pass
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+        status, answer = await call(sock, UNSUBSCRIBE, {"nation": "FR", "name": "none"})
+        assert status == 404 and answer["code"] == "unknown_subscription"
+    # Any other file is not replaced; --check says so too.
+    sock.write_text("notes")
+    assert_refused(hub_cli("serve", _cfg(tmp_path, fed_dir, tmp_path / "a.db", sock), "--check"), 2,
+                   "exists and is not a socket")
+    with pytest.raises(ConfigError, match="exists and is not a socket"):
+        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+            pass
+    assert sock.read_text() == "notes"
+    with pytest.raises(ConfigError, match="directory .* does not exist"):
+        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=tmp_path / "no" / "hub.control")):
+            pass
+    with pytest.raises(ConfigError, match="hub.control_socket: .* longer than the 103 bytes"):
+        hub_config(fed_dir, tmp_path / "a.db", control=tmp_path / ("x" * 120))
+
+
+def _cfg(tmp_path: Path, fed_dir: Path, db: Path, sock: Path) -> Path:
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db, control=sock))
+    return cfg
+
+
+
+async def test_a_session_that_subscribes_during_a_removal_is_closed_and_its_node_subscribes_afresh(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """The control socket removes only subscriptions no session is fed; one a node subscribed while
+    the removal was on its way to disk is no longer on disk, so its session is closed (1012) and the
+    node, reconnecting, subscribes it again: it is fed anew, and its acknowledgements are kept."""
+    from hub.server.admin import subscriptions
+    from hub.server.app import RELAY
+
+    db = tmp_path / "hub.db"
+    async with running_hub(hub_config(fed_dir, db)) as (url, app):
+        async with node_client(fed, "FR", url, backoff=(0.05, 0.2)) as fr, node_client(fed, "IT", url) as it:
+            await asyncio.gather(fr.wait_connected(10), it.wait_connected(10))
+            await fr.subscribe("x", [">"])
+            relay = app[RELAY]
+            assert relay.feeding("FR", "x")
+            assert await relay.storage.unsubscribe("FR", "x")  # as the control socket's removal would
+            await relay.end_session_feeding("FR", "x", "subscription removed by the hub operator")
+            deadline = time.monotonic() + 10
+            while fr.connects < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert fr.connects == 2
+            await fr.wait_connected(10)
+            await it.publish(seal_for(fed, "IT", ["FR"]), timeout=10)
+            [d] = await collect(fr, 1)
+            assert d.sub == "x"
+            while (s := subscriptions(db, int(time.time()), "FR")[0]).cursor < d.index and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert s.name == "x" and s.cursor == d.index

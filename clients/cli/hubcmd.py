@@ -74,6 +74,10 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
         trust, signing = load_identity(config)
         tls_context(config)
         owner_decision(config, trust, signing)
+        if config.control_socket is not None:
+            from hub.server.control import check_place
+
+            check_place(config.control_socket)
         click.echo(f"{config_path}: OK; {len(trust.roster.nations)} nations, {len(trust.certs)} certificates, "
                    f"{'TLS' if config.tls_cert else 'plain HTTP on loopback'}, database {config.database}")
         return
@@ -154,14 +158,40 @@ def subscriptions(config_path: Path, nation: str | None, as_json: bool) -> None:
 @click.option("--nation", required=True, help="The subscription's nation (e.g. FR).")
 @click.option("--name", required=True, help="The subscription's name (see `intelhub hub subscriptions`).")
 def unsubscribe(config_path: Path, nation: str, name: str) -> None:
-    """Remove a subscription for good, with the hub stopped: the packets it held are then kept only
-    for the nation's other subscriptions. A node that subscribes again under the name starts afresh."""
+    """Remove a subscription for good: the packets it held are then kept only for the nation's other
+    subscriptions. A node that subscribes again under the name starts afresh.
+
+    \b
+    While the hub runs, through its control socket ([hub] control_socket; refused while a node
+    is connected to the subscription); with the hub stopped, on its database directly."""
+    import asyncio
+
     from hub.protocol.certs import check_nation
+    from hub.protocol.errors import StoreError
     from hub.server.config import load_config
+    from hub.server.control import UNSUBSCRIBE, ControlUnavailable, call
 
     config = load_config(config_path)
     check_nation(nation, "--nation")
-    if not _offline(config.database, lambda storage: storage.unsubscribe(nation, name)):
-        fail(f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
-             "lists them", 2)
+    missing = (f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
+               "lists them")
+    if config.control_socket is not None:
+        try:
+            status, answer = asyncio.run(call(config.control_socket, UNSUBSCRIBE, {"nation": nation, "name": name}))
+        except ControlUnavailable:
+            pass  # the hub is stopped: on the database below
+        else:
+            if status == 404:
+                fail(missing, 2)
+            if status != 200:
+                fail(f"the hub refused: {answer.get('reason', answer)}", 2 if status in (400, 409) else 5)
+            click.echo(f"removed {nation}'s subscription {name!r} (from the running hub)")
+            return
+    try:
+        removed = _offline(config.database, lambda storage: storage.unsubscribe(nation, name))
+    except StoreError as exc:
+        hint = "" if config.control_socket else "; or set [hub] control_socket to do this while it runs"
+        raise StoreError(f"{exc}{hint}") from None
+    if not removed:
+        fail(missing, 2)
     click.echo(f"removed {nation}'s subscription {name!r}")

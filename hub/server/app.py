@@ -27,6 +27,7 @@ from hub.protocol.keys import SigningKey
 from hub.protocol.trust import Trust
 
 from .config import HubConfig
+from .control import start as start_control
 from .metrics import Metrics
 from .owner import LogOwner, decide, record
 from .relay import Relay
@@ -155,14 +156,19 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
         # Before the database is opened for writing: a refused one is left exactly as it was.
         _, owner = owner_decision(config, trust, signing)
         storage = SQLiteStorage(config.database)
+        control: web.AppRunner | None = None
         try:
             storage.on_commit = metrics.on_commit
             relay = relay_factory(config, trust, storage, metrics)
             relay.load_directory()
             relay.hub_log = (log_factory or HubLog)(relay, signing, sessions=app[SESSIONS])
+            if config.control_socket is not None:
+                control = await start_control(relay, config.control_socket)
             if owner is not None:  # once the rest has started: a failed start records nothing
                 await record(storage, owner)
         except BaseException:
+            if control is not None:
+                await control.cleanup()
             await storage.close()  # releases the database for the next start
             raise
         app[RELAY] = relay
@@ -170,6 +176,8 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
         try:
             yield
         finally:
+            if control is not None:  # first: no operator change while the sessions drain
+                await control.cleanup()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

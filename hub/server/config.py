@@ -63,6 +63,8 @@ class HubConfig:
     verify_threads: int = 2
     checkpoint_interval: float = 1.0
     log_level: str = "info"
+    #: The operator's control socket (hub/server/control.py); None: no control socket
+    control_socket: Path | None = None
 
     def publish_patterns(self, nation: str) -> tuple[str, ...]:
         return self.publish.get(nation, self.default_publish)
@@ -118,7 +120,7 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     if not isinstance(hub, dict):
         raise ConfigError(f"{source}: missing [hub] section (listen, key, trust, database)")
     _check_keys(hub, {"listen", "key", "trust", "database", "tls_cert", "tls_key", "verify_threads",
-                      "checkpoint_interval", "log_level"}, "hub")
+                      "checkpoint_interval", "log_level", "control_socket"}, "hub")
     for req in ("listen", "key", "trust", "database"):
         if req not in hub:
             raise ConfigError(f"hub.{req}: missing (see examples/hub.toml)")
@@ -144,6 +146,11 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
             raise ConfigError(f"hub.{key}: {p} is not a {'directory' if kind == 'dir' else 'regular file'}")
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"hub.listen: {host} is not loopback; plain HTTP is only allowed on loopback (127.0.0.1, ::1, localhost); set tls_cert and tls_key")
+    control_socket = path("control_socket")
+    if control_socket is not None:
+        from .control import check_path
+
+        check_path(control_socket)
     log_level = _typed(hub, "log_level", str, "hub", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("hub.log_level: must be one of debug, info, warning, error")
@@ -208,6 +215,7 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
         verify_threads=verify_threads,
         checkpoint_interval=interval,
         log_level=log_level,
+        control_socket=control_socket,
     )
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Final
 
+from aiohttp import WSCloseCode
+
 from hub.aio import TurnBatcher
 from hub.protocol import envelope
 from hub.protocol.roster import RevocationList
@@ -343,6 +345,22 @@ class Relay:
         owner = self._feed_owners.pop((nation, name), None)
         if owner is not None:
             owner.drop_feed(name)
+
+    def feeding(self, nation: str, name: str) -> bool:
+        """Whether a connected session feeds (or is subscribing) this subscription."""
+        return (nation, name) in self._feed_owners
+
+    async def end_session_feeding(self, nation: str, name: str, why: str) -> None:
+        """Close the session feeding ``name`` (if any): its node reconnects and subscribes afresh."""
+        owner = self._feed_owners.pop((nation, name), None)
+        if owner is None:
+            return
+        owner.drop_feed(name)
+        try:
+            async with asyncio.timeout(2.0):
+                await owner.close(WSCloseCode.SERVICE_RESTART, why.encode()[:120])
+        except Exception:  # a peer that stopped reading cannot take the close frame
+            owner.abort()
 
     def release_feeds(self, session: Any) -> None:
         for key, owner in list(self._feed_owners.items()):

@@ -1,0 +1,172 @@
+"""The operator's control socket: changes to a running hub that only this machine's operator makes.
+
+A Unix socket (``[hub] control_socket``), mode 0600, and where the system tells (Linux) the
+peer must run as the hub's user or root: nothing on it is reachable from the network, and the
+nodes' protocol (docs/protocol.md) never carries it. HTTP on the socket, JSON both ways.
+``intelhub hub unsubscribe`` uses it while the hub runs (docs/protocol.md §8.8).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from hub.protocol.certs import check_nation
+from hub.protocol.errors import ConfigError, IntelhubError, StoreError
+from hub.protocol.frames import MAX_NAME
+
+log = logging.getLogger("intelhub.hub.control")
+
+#: Longest socket path: sun_path holds 108 bytes on Linux (104 on BSDs), the last a NUL.
+MAX_PATH_BYTES: Final = 103
+#: Longest request body: a nation and a subscription name.
+MAX_BODY: Final = 1024
+UNSUBSCRIBE: Final = "/control/v1/unsubscribe"
+
+
+def check_path(path: Path, field: str = "hub.control_socket") -> Path:
+    if len(os.fsencode(str(path))) > MAX_PATH_BYTES:
+        raise ConfigError(f"{field}: {path} is longer than the {MAX_PATH_BYTES} bytes a Unix socket path may "
+                          "have; choose a shorter path (e.g. /run/intelhub/hub.control)")
+    return path
+
+
+def check_place(path: Path) -> bool:
+    """Whether a socket is at ``path`` now; refuses a missing directory or another kind of file."""
+    if not path.parent.is_dir():
+        raise ConfigError(f"hub.control_socket: directory {path.parent} does not exist; create it (mode 0700) first")
+    if not os.path.lexists(path):
+        return False
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ConfigError(f"hub.control_socket: {path} exists and is not a socket; it is not replaced")
+    return True
+
+
+def _bind(path: Path) -> socket.socket:
+    """A listening-ready socket at ``path``, mode 0600; a socket left by a hub that was killed is
+    replaced, a live one or any other file is not."""
+    if check_place(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(1.0)
+            probe.connect(str(path))
+        except OSError:  # refused: nobody listens any more
+            os.unlink(path)
+        else:
+            raise ConfigError(f"hub.control_socket: a running process already listens on {path} (another hub?); "
+                              "give each hub its own control socket")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, 0o600)  # before listen: until then a connect is refused, whatever the mode
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"hub.control_socket: cannot create {path} ({exc.strerror or exc})") from None
+    return sock
+
+
+def _peer_allowed(request: web.Request) -> bool:
+    """The peer runs as the hub's user or root (Linux peer credentials; elsewhere the file mode decides)."""
+    if not hasattr(socket, "SO_PEERCRED"):
+        return True
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return False
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid in (0, os.geteuid())
+
+
+def _refused(status: int, code: str, reason: str) -> web.Response:
+    return web.json_response({"code": code, "reason": reason}, status=status)
+
+
+def create_control_app(relay: Any, path: Path) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+
+    async def remove_socket(_: web.Application) -> None:
+        _unlink(path)
+
+    async def unsubscribe(request: web.Request) -> web.Response:
+        if not _peer_allowed(request):
+            return _refused(403, "forbidden", "only the hub's own user (or root) may use its control socket")
+        try:
+            body = json.loads(await request.read())
+            if not isinstance(body, dict) or set(body) != {"nation", "name"}:
+                raise ValueError("the fields are nation and name, and only they")
+            nation, name = check_nation(body["nation"], "nation"), body["name"]
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+                raise ValueError(f"name must be 1-{MAX_NAME} characters")
+        except (ValueError, IntelhubError) as exc:
+            return _refused(400, "bad_request", f"give {{\"nation\": \"FR\", \"name\": \"...\"}} ({exc})")
+        if relay.feeding(nation, name):
+            return _refused(409, "in_use", f"a connected session of {nation} is fed {name!r}: stop that node, or "
+                                           "remove the subscription from its configuration (the node then unsubs it)")
+        try:
+            removed = await relay.storage.unsubscribe(nation, name)
+        except StoreError as exc:
+            return _refused(503, "store", str(exc))
+        if not removed:
+            return _refused(404, "unknown_subscription", f"{nation} has no subscription named {name!r}")
+        # A session that subscribed the name during the removal feeds a subscription no longer on
+        # disk: it is closed, and its node subscribes afresh when it reconnects.
+        await relay.end_session_feeding(nation, name, "subscription removed by the hub operator")
+        log.warning("the operator removed %s's subscription %r (control socket)", nation, name)
+        return web.json_response({"removed": True})
+
+    app.router.add_post(UNSUBSCRIBE, unsubscribe)
+    app.on_cleanup.append(remove_socket)
+    return app
+
+
+async def start(relay: Any, path: Path) -> web.AppRunner:
+    """Serve the control socket at ``path`` until the returned runner is cleaned up (which also
+    removes the socket file)."""
+    sock = _bind(path)
+    runner = web.AppRunner(create_control_app(relay, path), handle_signals=False, access_log=None)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
+        sock.close()
+        await runner.cleanup()
+        _unlink(path)
+        raise
+    return runner
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+class ControlUnavailable(Exception):
+    """No hub listens on the control socket (it is stopped, or runs without one)."""
+
+
+async def call(path: Path, route: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
+    """POST ``body`` to the hub's control socket: (HTTP status, JSON answer)."""
+    if not os.path.lexists(path) or not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise ControlUnavailable(str(path))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)),
+                                         timeout=aiohttp.ClientTimeout(total=timeout)) as s:
+            async with s.post("http://hub" + route, json=body) as r:
+                return r.status, await r.json(content_type=None)
+    except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
+        raise ControlUnavailable(str(path)) from exc
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        raise StoreError(f"hub.control_socket {path}: no answer from the hub ({exc.__class__.__name__}: {exc}); "
+                         "see the hub's log") from None
