@@ -587,6 +587,55 @@ async def test_a_later_purge_pass_sees_an_acknowledgement_above_the_cursor(tmp_p
         await st.close()
 
 
+async def test_a_later_purge_pass_sees_a_new_subscription_acknowledge_what_it_held_again(tmp_path: Path) -> None:
+    """Bodies released but kept for their retention are held again for a new subscription of the
+    nation; once it acknowledges them they are released again at the next pass (not at expiry)."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
+        await st.ack("FR", "main", [], 2)
+        assert await st.purge(ACCEPTED, 100) == 0  # released now, kept 100 s
+        await st.subscribe("FR", "archive", (">",), now=ACCEPTED)  # owed them again: held
+        await st.ack("FR", "archive", [], 2)  # before any pass saw the new subscription
+        assert await st.purge(ACCEPTED + 2, 0) == 3
+    finally:
+        await st.close()
+
+
+async def test_a_later_purge_pass_sees_patterns_narrowed(tmp_path: Path) -> None:
+    """Held for a subscription whose patterns then stop matching it: released at the next pass."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        assert await appended(st, [addressed(0, ("FR",), "reports.z"), addressed(1, ("FR",), "alerts.x")]) == [0, 1]
+        assert await st.purge(ACCEPTED, 0) == 0
+        await st.subscribe("FR", "main", ("alerts.>",))
+        assert await st.purge(ACCEPTED + 1, 0) == 1
+        assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
+    finally:
+        await st.close()
+
+
+async def test_a_later_purge_pass_sees_a_subscription_made_anew_as_it_was(tmp_path: Path) -> None:
+    """A subscription removed and made again between two passes, and acknowledged back to the same
+    cursor, looks unchanged to a comparison of cursors; what it held again is released all the same."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        await st.subscribe("FR", "archive", (">",))
+        assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
+        await st.ack("FR", "main", [], 2)
+        await st.ack("FR", "archive", [], 2)
+        assert await st.purge(ACCEPTED, 100) == 0  # released now, kept 100 s
+        assert await st.unsubscribe("FR", "archive")
+        await st.subscribe("FR", "archive", (">",), now=ACCEPTED)  # owed them again: held
+        await st.ack("FR", "archive", [], 2)
+        assert await st.purge(ACCEPTED + 2, 0) == 3
+    finally:
+        await st.close()
+
+
 async def test_purge_goes_through_a_backlog_in_chunks_and_misses_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of two packets: the ones owed (to FR/archive) in between do not stop the passes."""

@@ -341,6 +341,8 @@ class SQLiteStorage:
         # (patterns, cursor, acks above it), and the highest index it looked at. None: no pass yet.
         self._seen: dict[tuple[str, str], tuple[str, int, int]] | None = None
         self._seen_top = -1
+        # A subscription was made since the last pass began (writer thread).
+        self._sub_made = False
         self._purging = asyncio.Lock()
 
     # -- the writer thread --------------------------------------------------
@@ -517,6 +519,7 @@ class SQLiteStorage:
                           (nation, name, json.dumps(list(patterns)), int(time.time())))
                 cursor = -1
                 _hold_again(c, nation, cursor, patterns, when)
+                self._sub_made = True
             else:
                 cursor = row[1]
                 if json.loads(row[0]) != list(patterns):
@@ -632,11 +635,14 @@ class SQLiteStorage:
         delays an ACCEPTED by one chunk's few milliseconds, not by the whole pass."""
         cutoff = now - retention
         async with self._purging:  # one pass at a time: each starts from what the last one saw
-            full_from, seen = await self._submit(self._release_plan)
-            pos: int | tuple[int] = -1
-            while not isinstance(pos, tuple):
-                pos = await self._submit(functools.partial(self._release_chunk, now, pos, full_from))
-            # Only once the whole pass is committed: a pass cut short is looked at again in full.
+            try:
+                full_from, seen = await self._submit(self._release_plan)
+                pos: int | tuple[int] = -1
+                while not isinstance(pos, tuple):
+                    pos = await self._submit(functools.partial(self._release_chunk, now, pos, full_from))
+            except BaseException:
+                self._seen = None  # a pass cut short: the next one looks at everything in full
+                raise
             self._seen, self._seen_top = seen, pos[0]
         purged = 0
         while True:
@@ -649,24 +655,23 @@ class SQLiteStorage:
         """The lowest log index a release pass must look at in full, and what it sees now.
 
         A packet held at the last pass was owed then to some subscription (or to a recipient
-        nation with none). It can only be owed to nobody now if that subscription changed since
-        (its cursor moved, it acknowledged packets above it, its patterns changed, or it went)
-        or the nation made its first subscription; or if it expired, which is checked for every
-        held packet. A changed subscription is owed nothing at or below the lower of its cursors."""
+        nation with none). It can only be owed to nobody now if that subscription changed since:
+        its cursor moved, it acknowledged packets above it, its patterns changed (which may also
+        hold packets above its cursor again) or it went; it is owed nothing at or below the lower
+        of its cursors. Or if it expired, which is checked for every held packet. A subscription
+        made since (rare) means a pass in full: it may be the nation's first, and it held again
+        packets at any index, which it may have acknowledged since (even if it replaced one of
+        its name that ends up looking the same)."""
         acks = {(n, name): k for n, name, k in c.execute("SELECT nation, name, COUNT(*) FROM acks GROUP BY nation, name")}
         now = {(n, name): (patterns, cursor, acks.get((n, name), 0))
                for n, name, patterns, cursor in c.execute("SELECT nation, name, patterns, cursor FROM subscriptions")}
-        before = self._seen
-        if before is None:
+        before, made, self._sub_made = self._seen, self._sub_made, False
+        if before is None or made:
             return 0, now
         lowest = self._seen_top + 1
         for key, old in before.items():
-            new = now.get(key)
-            if new != old:
-                lowest = min(lowest, old[1] + 1, lowest if new is None else new[1] + 1)
-        nations = {n for n, _ in before}
-        if any(n not in nations for n, _ in now):
-            return 0, now  # a nation's first subscription: what it passed by is owed to nobody now
+            if now.get(key) != old:  # the cursor only rises (a subscription made anew is a change above)
+                lowest = min(lowest, old[1] + 1)
         return max(lowest, 0), now
 
     def _release_chunk(self, now: int, after: int, full_from: int, c: sqlite3.Connection) -> int | tuple[int]:
