@@ -156,6 +156,8 @@ async def test_an_operator_removes_a_subscription_while_the_hub_runs(fed: Federa
             async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
                 async with s.post("http://hub" + UNSUBSCRIBE, data=body) as resp:
                     assert resp.status == 400 and (await resp.json())["code"] == "bad_request", body
+        status, answer = await call(sock, UNSUBSCRIBE, {"nation": "FR", "name": "x" * 2000})  # over 1 KiB
+        assert status == 413 and answer["reason"].startswith("413 Request Entity Too Large"), answer
         r = await asyncio.to_thread(hub_cli, "subscriptions", cfg, "--json")  # "main" untouched by all that
         [main] = json.loads(r.stdout)["subscriptions"]
         assert main["name"] == "main" and main["owed"] == 1
@@ -195,6 +197,28 @@ async def test_a_control_socket_path_is_taken_only_when_nobody_uses_it(fed: Fede
             pass
     with pytest.raises(ConfigError, match="hub.control_socket: .* longer than the 103 bytes"):
         hub_config(fed_dir, tmp_path / "a.db", control=tmp_path / ("x" * 120))
+    # A directory others may write to: they could swap the socket for a file or a link of theirs.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(ConfigError, match="may be written to by other users"):
+        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=shared / "hub.control")):
+            pass
+    assert not (shared / "hub.control").exists()
+
+
+async def test_a_hub_removes_only_its_own_control_socket(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    sock = tmp_path / "hub.control"
+    async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+        sock.unlink()  # someone put another socket there meanwhile
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other.bind(str(sock))
+    try:
+        assert stat.S_ISSOCK(sock.lstat().st_mode), "the hub removed a socket that was not its own"
+    finally:
+        other.close()
+    cfg = _cfg(tmp_path, fed_dir, tmp_path / "a.db", sock)
+    assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "x" * 65), 2, "1-64 characters, not 65")
 
 
 def _cfg(tmp_path: Path, fed_dir: Path, db: Path, sock: Path) -> Path:

@@ -617,6 +617,39 @@ async def test_a_later_purge_pass_sees_patterns_narrowed(tmp_path: Path) -> None
         await st.close()
 
 
+async def test_a_later_purge_pass_sees_patterns_changed_and_changed_back(tmp_path: Path) -> None:
+    """Patterns widened (holding released bodies again) and narrowed back between two passes leave
+    the subscription as the last pass saw it; the bodies are released again all the same."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", ("reports.>",))
+        assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
+        assert await st.purge(ACCEPTED, 100) == 0  # not matched: released now, kept 100 s
+        await st.subscribe("FR", "main", (">",), now=ACCEPTED)  # held again
+        await st.subscribe("FR", "main", ("reports.>",), now=ACCEPTED)
+        assert await st.purge(ACCEPTED + 2, 0) == 3
+    finally:
+        await st.close()
+
+
+async def test_a_later_purge_pass_sees_an_acknowledgement_that_replaces_one_below_the_cursor(
+        tmp_path: Path) -> None:
+    """A feed stopped meanwhile flushes its acks with cursor -1, leaving one at or below the cursor;
+    a later ack deletes it and adds one above: as many acks as before, one more packet released."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        await st.subscribe("FR", "main", (">",))
+        assert await appended(st, [addressed(i, ("FR",)) for i in range(10)]) == list(range(10))
+        await st.ack("FR", "main", [7], 5)
+        await st.ack("FR", "main", [3], -1)
+        assert await st.purge(ACCEPTED, 100) == 0  # 0-5 and 7 released, kept 100 s; 6, 8, 9 held
+        await st.ack("FR", "main", [9], 5)
+        assert await st.purge(ACCEPTED + 200, 0) == 8
+        assert [i for i, raw in bodies(st, "FR").items() if raw is not None] == [6, 8]
+    finally:
+        await st.close()
+
+
 async def test_a_later_purge_pass_sees_a_subscription_made_anew_as_it_was(tmp_path: Path) -> None:
     """A subscription removed and made again between two passes, and acknowledged back to the same
     cursor, looks unchanged to a comparison of cursors; what it held again is released all the same."""

@@ -171,8 +171,12 @@ def unsubscribe(config_path: Path, nation: str, name: str) -> None:
     from hub.server.config import load_config
     from hub.server.control import UNSUBSCRIBE, ControlUnavailable, call
 
+    from hub.protocol.frames import MAX_NAME
+
     config = load_config(config_path)
     check_nation(nation, "--nation")
+    if not 0 < len(name) <= MAX_NAME:
+        fail(f"--name: a subscription name has 1-{MAX_NAME} characters, not {len(name)}", 2)
     missing = (f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
                "lists them")
     if config.control_socket is not None:

@@ -176,7 +176,7 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
         try:
             yield
         finally:
-            if control is not None:  # first: no operator change while the sessions drain
+            if control is not None:  # before the storage closes (it serves on while the sessions drain)
                 await control.cleanup()
             for t in tasks:
                 t.cancel()

@@ -1,7 +1,7 @@
 """The operator's control socket: changes to a running hub that only this machine's operator makes.
 
-A Unix socket (``[hub] control_socket``), mode 0600, and where the system tells (Linux) the
-peer must run as the hub's user or root: nothing on it is reachable from the network, and the
+A Unix socket (``[hub] control_socket``), mode 0600 in a directory only the hub's user may
+write to, and where the system tells (Linux) the peer must run as the hub's user or root: nothing on it is reachable from the network, and the
 nodes' protocol (docs/protocol.md) never carries it. HTTP on the socket, JSON both ways.
 ``intelhub hub unsubscribe`` uses it while the hub runs (docs/protocol.md §8.8).
 """
@@ -41,9 +41,17 @@ def check_path(path: Path, field: str = "hub.control_socket") -> Path:
 
 
 def check_place(path: Path) -> bool:
-    """Whether a socket is at ``path`` now; refuses a missing directory or another kind of file."""
-    if not path.parent.is_dir():
+    """Whether a socket is at ``path`` now; refuses a missing directory, one that another user may
+    write to (who could swap the socket for a file or link of theirs), or another kind of file."""
+    try:
+        st = os.stat(path.parent)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"hub.control_socket: directory {path.parent} does not exist; create it (mode 0700) first")
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        raise ConfigError(f"hub.control_socket: directory {path.parent} may be written to by other users; put the "
+                          "socket in a directory of the hub's user that only it can write to (chmod go-w)")
     if not os.path.lexists(path):
         return False
     if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -51,16 +59,23 @@ def check_place(path: Path) -> bool:
     return True
 
 
-def _bind(path: Path) -> socket.socket:
-    """A listening-ready socket at ``path``, mode 0600; a socket left by a hub that was killed is
-    replaced, a live one or any other file is not."""
+def _bind(path: Path) -> tuple[socket.socket, tuple[int, int]]:
+    """A listening-ready socket at ``path``, mode 0600, and the (device, inode) of its file; a
+    socket left by a hub that was killed is replaced, a live one or any other file is not."""
     if check_place(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
             probe.connect(str(path))
-        except OSError:  # refused: nobody listens any more
-            os.unlink(path)
+        except ConnectionRefusedError:  # nobody listens any more
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise ConfigError(f"hub.control_socket: cannot remove the old socket {path} "
+                                  f"({exc.strerror or exc})") from None
+        except OSError as exc:  # busy, or not ours to try: it is left alone
+            raise ConfigError(f"hub.control_socket: {path} is there and cannot be told dead "
+                              f"({exc.strerror or exc}); remove it if no hub uses it") from None
         else:
             raise ConfigError(f"hub.control_socket: a running process already listens on {path} (another hub?); "
                               "give each hub its own control socket")
@@ -70,10 +85,11 @@ def _bind(path: Path) -> socket.socket:
     try:
         sock.bind(str(path))
         os.chmod(path, 0o600)  # before listen: until then a connect is refused, whatever the mode
+        st = os.lstat(path)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"hub.control_socket: cannot create {path} ({exc.strerror or exc})") from None
-    return sock
+    return sock, (st.st_dev, st.st_ino)
 
 
 def _peer_allowed(request: web.Request) -> bool:
@@ -91,11 +107,11 @@ def _refused(status: int, code: str, reason: str) -> web.Response:
     return web.json_response({"code": code, "reason": reason}, status=status)
 
 
-def create_control_app(relay: Any, path: Path) -> web.Application:
+def create_control_app(relay: Any, path: Path, ident: tuple[int, int]) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
 
     async def remove_socket(_: web.Application) -> None:
-        _unlink(path)
+        _unlink(path, ident)
 
     async def unsubscribe(request: web.Request) -> web.Response:
         if not _peer_allowed(request):
@@ -132,22 +148,25 @@ def create_control_app(relay: Any, path: Path) -> web.Application:
 async def start(relay: Any, path: Path) -> web.AppRunner:
     """Serve the control socket at ``path`` until the returned runner is cleaned up (which also
     removes the socket file)."""
-    sock = _bind(path)
-    runner = web.AppRunner(create_control_app(relay, path), handle_signals=False, access_log=None)
+    sock, ident = _bind(path)
+    runner = web.AppRunner(create_control_app(relay, path, ident), handle_signals=False, access_log=None)
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
     except BaseException:
         sock.close()
         await runner.cleanup()
-        _unlink(path)
+        _unlink(path, ident)
         raise
     return runner
 
 
-def _unlink(path: Path) -> None:
+def _unlink(path: Path, ident: tuple[int, int]) -> None:
+    """Remove the socket file, if it is still the one this hub made."""
     try:
-        os.unlink(path)
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) == ident:
+            os.unlink(path)
     except OSError:
         pass
 
@@ -164,9 +183,17 @@ async def call(path: Path, route: str, body: dict[str, Any], timeout: float = 30
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)),
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.post("http://hub" + route, json=body) as r:
-                return r.status, await r.json(content_type=None)
-    except (aiohttp.ClientConnectorError, FileNotFoundError, ConnectionRefusedError) as exc:
-        raise ControlUnavailable(str(path)) from exc
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                text = await r.text()
+                try:
+                    answer = json.loads(text)
+                except ValueError:
+                    answer = {"reason": f"{r.status} {r.reason}: {text.strip()[:200]}"}
+                return r.status, answer if isinstance(answer, dict) else {"reason": str(answer)[:200]}
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, (ConnectionRefusedError, FileNotFoundError)):
+            raise ControlUnavailable(str(path)) from exc  # a socket left by a hub that stopped
+        raise StoreError(f"hub.control_socket {path}: cannot connect ({exc.os_error.strerror or exc.os_error}); "
+                         "run this as the hub's user") from None
+    except (aiohttp.ClientError, TimeoutError) as exc:
         raise StoreError(f"hub.control_socket {path}: no answer from the hub ({exc.__class__.__name__}: {exc}); "
                          "see the hub's log") from None

@@ -285,7 +285,11 @@ def inspect_database(path: Path, blobs: tuple[tuple[str, bytes], ...] = ()) -> D
 def _lock(path: Path) -> int:
     """Hold the database for this process: a second hub on the same file would hand out the same log
     indexes. An advisory lock on a file beside it, released by the kernel when the process ends."""
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot open its lock file {path}.lock ({exc.strerror or exc}); run as the "
+                         "hub's user") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -338,11 +342,11 @@ class SQLiteStorage:
         self._committed = self._next_index - 1
         self.on_commit: Callable[[float, int], None] | None = None
         # What the last completed release pass saw (see _release_plan): each subscription's
-        # (patterns, cursor, acks above it), and the highest index it looked at. None: no pass yet.
-        self._seen: dict[tuple[str, str], tuple[str, int, int]] | None = None
+        # (cursor, acks above it), and the highest index it looked at. None: no pass yet.
+        self._seen: dict[tuple[str, str], tuple[int, int]] | None = None
         self._seen_top = -1
-        # A subscription was made since the last pass began (writer thread).
-        self._sub_made = False
+        # A subscription was made or its patterns changed since the last pass began (writer thread).
+        self._subs_changed = False
         self._purging = asyncio.Lock()
 
     # -- the writer thread --------------------------------------------------
@@ -519,13 +523,14 @@ class SQLiteStorage:
                           (nation, name, json.dumps(list(patterns)), int(time.time())))
                 cursor = -1
                 _hold_again(c, nation, cursor, patterns, when)
-                self._sub_made = True
+                self._subs_changed = True
             else:
                 cursor = row[1]
                 if json.loads(row[0]) != list(patterns):
                     c.execute("UPDATE subscriptions SET patterns = ? WHERE nation = ? AND name = ?",
                               (json.dumps(list(patterns)), nation, name))
                     _hold_again(c, nation, cursor, patterns, when)
+                    self._subs_changed = True
             acked = frozenset(r[0] for r in c.execute(
                 "SELECT log_index FROM acks WHERE nation = ? AND name = ? AND log_index > ?", (nation, name, cursor)))
             return Subscription(nation, name, patterns, cursor, acked)
@@ -651,27 +656,30 @@ class SQLiteStorage:
             if not read:
                 return purged
 
-    def _release_plan(self, c: sqlite3.Connection) -> tuple[int, dict[tuple[str, str], tuple[str, int, int]]]:
+    def _release_plan(self, c: sqlite3.Connection) -> tuple[int, dict[tuple[str, str], tuple[int, int]]]:
         """The lowest log index a release pass must look at in full, and what it sees now.
 
         A packet held at the last pass was owed then to some subscription (or to a recipient
         nation with none). It can only be owed to nobody now if that subscription changed since:
-        its cursor moved, it acknowledged packets above it, its patterns changed (which may also
-        hold packets above its cursor again) or it went; it is owed nothing at or below the lower
-        of its cursors. Or if it expired, which is checked for every held packet. A subscription
-        made since (rare) means a pass in full: it may be the nation's first, and it held again
-        packets at any index, which it may have acknowledged since (even if it replaced one of
-        its name that ends up looking the same)."""
-        acks = {(n, name): k for n, name, k in c.execute("SELECT nation, name, COUNT(*) FROM acks GROUP BY nation, name")}
-        now = {(n, name): (patterns, cursor, acks.get((n, name), 0))
-               for n, name, patterns, cursor in c.execute("SELECT nation, name, patterns, cursor FROM subscriptions")}
-        before, made, self._sub_made = self._seen, self._sub_made, False
-        if before is None or made:
+        its cursor moved, it acknowledged packets above it, or it went; it is owed nothing at or
+        below the lower of its cursors. Or if it expired, which is checked for every held packet.
+        A subscription made or re-patterned since (rare) means a pass in full: it may be the
+        nation's first, it held packets again that it may have acknowledged since, and patterns
+        changed and changed back leave no trace in what is compared."""
+        # Acks above the cursor only: with the cursor still, they are only ever added to (rows at or
+        # below it, which a late ack can leave, go when one comes in; counting them would hide it).
+        acks = {(n, name): k for n, name, k in c.execute(
+            "SELECT a.nation, a.name, COUNT(*) FROM acks a JOIN subscriptions s ON s.nation = a.nation AND "
+            "s.name = a.name WHERE a.log_index > s.cursor GROUP BY a.nation, a.name")}
+        now = {(n, name): (cursor, acks.get((n, name), 0))
+               for n, name, cursor in c.execute("SELECT nation, name, cursor FROM subscriptions")}
+        before, changed, self._subs_changed = self._seen, self._subs_changed, False
+        if before is None or changed:
             return 0, now
         lowest = self._seen_top + 1
         for key, old in before.items():
             if now.get(key) != old:  # the cursor only rises (a subscription made anew is a change above)
-                lowest = min(lowest, old[1] + 1)
+                lowest = min(lowest, old[0] + 1)
         return max(lowest, 0), now
 
     def _release_chunk(self, now: int, after: int, full_from: int, c: sqlite3.Connection) -> int | tuple[int]:
