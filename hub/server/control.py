@@ -1,9 +1,10 @@
 """The operator's control socket: changes to a running hub that only this machine's operator makes.
 
 A Unix socket (``[hub] control_socket``), mode 0600 in a directory only the hub's user may
-write to, and where the system tells (Linux) the peer must run as the hub's user or root: nothing on it is reachable from the network, and the
-nodes' protocol (docs/protocol.md) never carries it. HTTP on the socket, JSON both ways.
-``intelhub hub unsubscribe`` uses it while the hub runs (docs/protocol.md §8.8).
+write to; where the system tells (Linux), the peer must run as the hub's user or root. Nothing
+on it is reachable from the network, and the nodes' protocol never carries it. HTTP on the
+socket, JSON both ways. ``intelhub hub unsubscribe`` uses it while the hub runs
+(docs/protocol.md §8.8).
 """
 
 from __future__ import annotations
