@@ -152,6 +152,7 @@ async def test_an_operator_removes_a_subscription_while_the_hub_runs(fed: Federa
         assert_refused(r, 2, "no subscription named 'old'")
         # What the socket takes is checked like any other entry point.
         for body in (b"not json", b'{"nation": "fr", "name": "main"}', b'{"nation": "FR", "name": ""}',
+                     b'{"nation": "FR", "name": "a\\udcff"}',
                      b'{"nation": "FR", "name": "main", "x": 1}', b"[]"):
             async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
                 async with s.post("http://hub" + UNSUBSCRIBE, data=body) as resp:
@@ -218,7 +219,9 @@ async def test_a_hub_removes_only_its_own_control_socket(fed: Federation, fed_di
     finally:
         other.close()
     cfg = _cfg(tmp_path, fed_dir, tmp_path / "a.db", sock)
-    assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "x" * 65), 2, "1-64 characters, not 65")
+    assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "x" * 65), 2, "has 1-64 characters")
+    # Bytes the shell could not decode: refused before they reach the hub's writer.
+    assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "a\udcff"), 2, "--name: not valid Unicode")
 
 
 def _cfg(tmp_path: Path, fed_dir: Path, db: Path, sock: Path) -> Path:

@@ -29,7 +29,12 @@ def _offline(database: Path, op: Callable[[Any], Awaitable[T]]) -> T:
 
     from hub.server.sqlite_store import SQLiteStorage
 
-    if not database.is_file():
+    try:
+        found = database.is_file()
+    except OSError as exc:  # a directory this user may not enter
+        raise click.ClickException(f"hub.database: cannot reach {database} ({exc.strerror or exc}); "
+                                   "run this as the hub's user") from None
+    if not found:
         raise click.ClickException(f"hub.database: {database} does not exist")
 
     async def run() -> T:
@@ -77,7 +82,7 @@ def serve(config_path: Path, port_file: Path | None, check: bool) -> None:
         if config.control_socket is not None:
             from hub.server.control import check_place
 
-            check_place(config.control_socket)
+            check_place(config.control_socket, serving=False)
         click.echo(f"{config_path}: OK; {len(trust.roster.nations)} nations, {len(trust.certs)} certificates, "
                    f"{'TLS' if config.tls_cert else 'plain HTTP on loopback'}, database {config.database}")
         return
@@ -171,12 +176,14 @@ def unsubscribe(config_path: Path, nation: str, name: str) -> None:
     from hub.server.config import load_config
     from hub.server.control import UNSUBSCRIBE, ControlUnavailable, call
 
-    from hub.protocol.frames import MAX_NAME
+    from hub.server.control import check_name
 
     config = load_config(config_path)
     check_nation(nation, "--nation")
-    if not 0 < len(name) <= MAX_NAME:
-        fail(f"--name: a subscription name has 1-{MAX_NAME} characters, not {len(name)}", 2)
+    try:
+        check_name(name)
+    except ValueError as exc:
+        fail(f"--name: {'not valid Unicode' if isinstance(exc, UnicodeError) else exc}", 2)
     missing = (f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
                "lists them")
     if config.control_socket is not None:

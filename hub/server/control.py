@@ -34,6 +34,14 @@ MAX_BODY: Final = 1024
 UNSUBSCRIBE: Final = "/control/v1/unsubscribe"
 
 
+def check_name(name: object) -> str:
+    """A subscription name as the protocol allows it: 1-MAX_NAME characters of valid Unicode."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
+        raise ValueError(f"a subscription name has 1-{MAX_NAME} characters")
+    name.encode()  # a lone surrogate (from a JSON escape, or bytes a shell could not decode) raises
+    return name
+
+
 def check_path(path: Path, field: str = "hub.control_socket") -> Path:
     if len(os.fsencode(str(path))) > MAX_PATH_BYTES:
         raise ConfigError(f"{field}: {path} is longer than the {MAX_PATH_BYTES} bytes a Unix socket path may "
@@ -41,16 +49,17 @@ def check_path(path: Path, field: str = "hub.control_socket") -> Path:
     return path
 
 
-def check_place(path: Path) -> bool:
+def check_place(path: Path, *, serving: bool = True) -> bool:
     """Whether a socket is at ``path`` now; refuses a missing directory, one that another user may
-    write to (who could swap the socket for a file or link of theirs), or another kind of file."""
+    write to (who could swap the socket for a file or link of theirs), or another kind of file.
+    Not ``serving`` (``--check``, perhaps as another user): the directory's owner is not compared."""
     try:
         st = os.stat(path.parent)
     except OSError:
         st = None
     if st is None or not stat.S_ISDIR(st.st_mode):
         raise ConfigError(f"hub.control_socket: directory {path.parent} does not exist; create it (mode 0700) first")
-    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+    if st.st_mode & 0o022 or (serving and st.st_uid not in (0, os.geteuid())):
         raise ConfigError(f"hub.control_socket: directory {path.parent} may be written to by other users; put the "
                           "socket in a directory of the hub's user that only it can write to (chmod go-w)")
     if not os.path.lexists(path):
@@ -122,8 +131,7 @@ def create_control_app(relay: Any, path: Path, ident: tuple[int, int]) -> web.Ap
             if not isinstance(body, dict) or set(body) != {"nation", "name"}:
                 raise ValueError("the fields are nation and name, and only they")
             nation, name = check_nation(body["nation"], "nation"), body["name"]
-            if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
-                raise ValueError(f"name must be 1-{MAX_NAME} characters")
+            check_name(name)
         except (ValueError, IntelhubError) as exc:
             return _refused(400, "bad_request", f"give {{\"nation\": \"FR\", \"name\": \"...\"}} ({exc})")
         if relay.feeding(nation, name):
@@ -178,13 +186,19 @@ class ControlUnavailable(Exception):
 
 async def call(path: Path, route: str, body: dict[str, Any], timeout: float = 30.0) -> tuple[int, dict[str, Any]]:
     """POST ``body`` to the hub's control socket: (HTTP status, JSON answer)."""
-    if not os.path.lexists(path) or not stat.S_ISSOCK(os.lstat(path).st_mode):
-        raise ControlUnavailable(str(path))
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ControlUnavailable(str(path))
+    except FileNotFoundError:
+        raise ControlUnavailable(str(path)) from None
+    except OSError as exc:  # a directory this user may not enter: not to be taken for a stopped hub
+        raise StoreError(f"hub.control_socket {path}: cannot reach it ({exc.strerror or exc}); run this as the "
+                         "hub's user") from None
     try:
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path)),
                                          timeout=aiohttp.ClientTimeout(total=timeout)) as s:
             async with s.post("http://hub" + route, json=body) as r:
-                text = await r.text()
+                text = (await r.read()).decode(errors="replace")
                 try:
                     answer = json.loads(text)
                 except ValueError:
