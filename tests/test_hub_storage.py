@@ -7,7 +7,7 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +307,16 @@ async def test_a_coalesced_group_commit_writes_what_one_operation_at_a_time_writ
 ACCEPTED = 1_764_000_100  # when the purge tests' packets are accepted
 
 
+@pytest.fixture(name="st")
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    """A store of its own, closed after the test."""
+    st = SQLiteStorage(tmp_path / "hub.db")
+    try:
+        yield st
+    finally:
+        await st.close()
+
+
 def addressed(i: int, to: tuple[str, ...], topic: str = "alerts.x", expires: int = 1_764_999_999) -> NewPacket:
     header = b"header-%d" % i
     return NewPacket(os.urandom(16), "IT", b"c" * 32, topic, to, 1_764_000_000, expires, header,
@@ -335,45 +345,37 @@ def raw_of(i: int) -> bytes:
     return b"header-%d-raw" % i
 
 
-async def test_purge_waits_for_every_subscription_of_a_recipient_its_topic_matches(tmp_path: Path) -> None:
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "alerts", ("alerts.>",))
-        assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",))]) == [0, 1]
-        # Subscribed after the packets were accepted: it starts below them, so it is owed them too
-        # (an archiving node of FR, say, offline right now).
-        await st.subscribe("FR", "archive", (">",))
-        await st.ack("FR", "alerts", [], 1)  # FR's first subscription took both
-        await st.ack("FR", "archive", [1], -1)  # the second acknowledged index 1 only (above its cursor)
-        assert await st.purge(ACCEPTED + 100, 0) == 1, "purged a packet FR/archive never acknowledged"
-        assert bodies(st, "FR") == {0: raw_of(0), 1: None}
-        await st.ack("FR", "archive", [], 0)  # its cursor reaches index 0
-        assert await st.purge(ACCEPTED + 100, 0) == 1
-        assert bodies(st, "FR") == {0: None, 1: None}
-        assert await st.purge(ACCEPTED + 100, 0) == 0
-    finally:
-        await st.close()
+async def test_purge_waits_for_every_subscription_of_a_recipient_its_topic_matches(st: SQLiteStorage) -> None:
+    await st.subscribe("FR", "alerts", ("alerts.>",))
+    assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",))]) == [0, 1]
+    # Subscribed after the packets were accepted: it starts below them, so it is owed them too
+    # (an archiving node of FR, say, offline right now).
+    await st.subscribe("FR", "archive", (">",))
+    await st.ack("FR", "alerts", [], 1)  # FR's first subscription took both
+    await st.ack("FR", "archive", [1], -1)  # the second acknowledged index 1 only (above its cursor)
+    assert await st.purge(ACCEPTED + 100, 0) == 1, "purged a packet FR/archive never acknowledged"
+    assert bodies(st, "FR") == {0: raw_of(0), 1: None}
+    await st.ack("FR", "archive", [], 0)  # its cursor reaches index 0
+    assert await st.purge(ACCEPTED + 100, 0) == 1
+    assert bodies(st, "FR") == {0: None, 1: None}
+    assert await st.purge(ACCEPTED + 100, 0) == 0
 
 
-async def test_purge_holds_a_packet_only_for_subscriptions_its_topic_matches(tmp_path: Path) -> None:
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "alerts", ("alerts.>",))
-        await st.subscribe("FR", "reports", ("reports.>",))
-        await st.subscribe("IT", "all", (">",))  # not a recipient: never owed FR's packets
-        assert await appended(st, [addressed(0, ("FR",), "alerts.x"), addressed(1, ("FR",), "reports.y")]) == [0, 1]
-        # FR/alerts' cursor passes both (the feed skips what its patterns do not match); FR/reports
-        # and IT/all acknowledge nothing.
-        await st.ack("FR", "alerts", [0], 1)
-        assert await st.purge(ACCEPTED + 100, 0) == 1
-        # alerts.x was owed to FR/alerts only; reports.y is still owed to FR/reports, whose patterns
-        # match it (FR/alerts' cursor passing it says nothing: it was never FR/alerts' to take).
-        assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
-        await st.ack("FR", "reports", [1], -1)
-        assert await st.purge(ACCEPTED + 100, 0) == 1
-        assert bodies(st, "FR") == {0: None, 1: None}
-    finally:
-        await st.close()
+async def test_purge_holds_a_packet_only_for_subscriptions_its_topic_matches(st: SQLiteStorage) -> None:
+    await st.subscribe("FR", "alerts", ("alerts.>",))
+    await st.subscribe("FR", "reports", ("reports.>",))
+    await st.subscribe("IT", "all", (">",))  # not a recipient: never owed FR's packets
+    assert await appended(st, [addressed(0, ("FR",), "alerts.x"), addressed(1, ("FR",), "reports.y")]) == [0, 1]
+    # FR/alerts' cursor passes both (the feed skips what its patterns do not match); FR/reports
+    # and IT/all acknowledge nothing.
+    await st.ack("FR", "alerts", [0], 1)
+    assert await st.purge(ACCEPTED + 100, 0) == 1
+    # alerts.x was owed to FR/alerts only; reports.y is still owed to FR/reports, whose patterns
+    # match it (FR/alerts' cursor passing it says nothing: it was never FR/alerts' to take).
+    assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
+    await st.ack("FR", "reports", [1], -1)
+    assert await st.purge(ACCEPTED + 100, 0) == 1
+    assert bodies(st, "FR") == {0: None, 1: None}
 
 
 async def test_purge_owes_a_recipient_nation_without_a_subscription_until_the_packet_expires(tmp_path: Path) -> None:
@@ -393,50 +395,42 @@ async def test_purge_owes_a_recipient_nation_without_a_subscription_until_the_pa
         await st.close()
 
 
-async def test_purge_keeps_a_body_the_retention_period_from_when_nobody_is_owed_it(tmp_path: Path) -> None:
+async def test_purge_keeps_a_body_the_retention_period_from_when_nobody_is_owed_it(st: SQLiteStorage) -> None:
     """Retention counts from the last acknowledgement (or the expiry), as seen by a purge: a packet
     acknowledged after a retention period from its acceptance is still kept a whole one."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        # 0: acknowledged at once; 1: never, expires 50 s after its acceptance; 2: expires after 5 s;
-        # 3: acknowledged 100 s after its acceptance.
-        assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",), expires=ACCEPTED + 50),
-                                   addressed(2, ("FR",), expires=ACCEPTED + 5), addressed(3, ("FR",))]) == [0, 1, 2, 3]
-        await st.ack("FR", "main", [0], -1)
-        assert await st.purge(ACCEPTED, 10) == 0  # 0 released now
-        assert await st.purge(ACCEPTED + 8, 10) == 0  # 2 expired (released) now
-        assert await st.purge(ACCEPTED + 10, 10) == 1  # 0, ten seconds after its release
-        assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: raw_of(2), 3: raw_of(3)}
-        assert await st.purge(ACCEPTED + 17, 10) == 0
-        assert await st.purge(ACCEPTED + 18, 10) == 1  # 2
-        await st.ack("FR", "main", [3], 0)
-        assert await st.purge(ACCEPTED + 100, 10) == 0  # 3 released now: kept, though accepted 100 s ago
-        assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: None, 3: raw_of(3)}
-        assert await st.purge(ACCEPTED + 109, 10) == 0
-        assert await st.purge(ACCEPTED + 110, 10) == 2  # 3, and 1 (expired at +50, released then)
-        assert bodies(st, "FR") == {0: None, 1: None, 2: None, 3: None}
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    # 0: acknowledged at once; 1: never, expires 50 s after its acceptance; 2: expires after 5 s;
+    # 3: acknowledged 100 s after its acceptance.
+    assert await appended(st, [addressed(0, ("FR",)), addressed(1, ("FR",), expires=ACCEPTED + 50),
+                               addressed(2, ("FR",), expires=ACCEPTED + 5), addressed(3, ("FR",))]) == [0, 1, 2, 3]
+    await st.ack("FR", "main", [0], -1)
+    assert await st.purge(ACCEPTED, 10) == 0  # 0 released now
+    assert await st.purge(ACCEPTED + 8, 10) == 0  # 2 expired (released) now
+    assert await st.purge(ACCEPTED + 10, 10) == 1  # 0, ten seconds after its release
+    assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: raw_of(2), 3: raw_of(3)}
+    assert await st.purge(ACCEPTED + 17, 10) == 0
+    assert await st.purge(ACCEPTED + 18, 10) == 1  # 2
+    await st.ack("FR", "main", [3], 0)
+    assert await st.purge(ACCEPTED + 100, 10) == 0  # 3 released now: kept, though accepted 100 s ago
+    assert bodies(st, "FR") == {0: None, 1: raw_of(1), 2: None, 3: raw_of(3)}
+    assert await st.purge(ACCEPTED + 109, 10) == 0
+    assert await st.purge(ACCEPTED + 110, 10) == 2  # 3, and 1 (expired at +50, released then)
+    assert bodies(st, "FR") == {0: None, 1: None, 2: None, 3: None}
 
 
-async def test_a_released_body_owed_again_to_a_new_subscription_is_kept_for_it(tmp_path: Path) -> None:
+async def test_a_released_body_owed_again_to_a_new_subscription_is_kept_for_it(st: SQLiteStorage) -> None:
     """Held again, and kept the retention period from when the new subscription acknowledged it."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        assert await appended(st, [addressed(0, ("FR",))]) == [0]
-        await st.ack("FR", "main", [0], -1)
-        assert await st.purge(ACCEPTED, 10) == 0  # released
-        await st.subscribe("FR", "archive", (">",))  # starts below it: owed it
-        assert await st.purge(ACCEPTED + 60, 10) == 0
-        assert bodies(st, "FR") == {0: raw_of(0)}
-        await st.ack("FR", "archive", [], 0)
-        assert await st.purge(ACCEPTED + 61, 10) == 0  # released again now
-        assert await st.purge(ACCEPTED + 70, 10) == 0
-        assert await st.purge(ACCEPTED + 71, 10) == 1
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    assert await appended(st, [addressed(0, ("FR",))]) == [0]
+    await st.ack("FR", "main", [0], -1)
+    assert await st.purge(ACCEPTED, 10) == 0  # released
+    await st.subscribe("FR", "archive", (">",))  # starts below it: owed it
+    assert await st.purge(ACCEPTED + 60, 10) == 0
+    assert bodies(st, "FR") == {0: raw_of(0)}
+    await st.ack("FR", "archive", [], 0)
+    assert await st.purge(ACCEPTED + 61, 10) == 0  # released again now
+    assert await st.purge(ACCEPTED + 70, 10) == 0
+    assert await st.purge(ACCEPTED + 71, 10) == 1
 
 
 async def test_released_bodies_owed_again_are_held_again_a_chunk_at_a_time(
@@ -572,101 +566,77 @@ async def test_a_later_purge_pass_ends_as_a_first_pass_would(tmp_path: Path, see
     assert passes >= 3, "too few bodies dropped for the comparison to mean much"
 
 
-async def test_a_later_purge_pass_sees_an_acknowledgement_above_the_cursor(tmp_path: Path) -> None:
+async def test_a_later_purge_pass_sees_an_acknowledgement_above_the_cursor(st: SQLiteStorage) -> None:
     """A packet held at one pass, then acknowledged out of order (the cursor stays below it), goes at
     the next pass: an acknowledgement counts as a change of its subscription."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        assert await appended(st, [addressed(i, ("FR",)) for i in range(4)]) == [0, 1, 2, 3]
-        assert await st.purge(ACCEPTED, 0) == 0
-        await st.ack("FR", "main", [2], -1)
-        assert await st.purge(ACCEPTED + 1, 0) == 1
-        assert bodies(st, "FR") == {0: raw_of(0), 1: raw_of(1), 2: None, 3: raw_of(3)}
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    assert await appended(st, [addressed(i, ("FR",)) for i in range(4)]) == [0, 1, 2, 3]
+    assert await st.purge(ACCEPTED, 0) == 0
+    await st.ack("FR", "main", [2], -1)
+    assert await st.purge(ACCEPTED + 1, 0) == 1
+    assert bodies(st, "FR") == {0: raw_of(0), 1: raw_of(1), 2: None, 3: raw_of(3)}
 
 
-async def test_a_later_purge_pass_sees_a_new_subscription_acknowledge_what_it_held_again(tmp_path: Path) -> None:
+async def test_a_later_purge_pass_sees_a_new_subscription_acknowledge_what_it_held_again(
+        st: SQLiteStorage) -> None:
     """Bodies released but kept for their retention are held again for a new subscription of the
     nation; once it acknowledges them they are released again at the next pass (not at expiry)."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
-        await st.ack("FR", "main", [], 2)
-        assert await st.purge(ACCEPTED, 100) == 0  # released now, kept 100 s
-        await st.subscribe("FR", "archive", (">",), now=ACCEPTED)  # owed them again: held
-        await st.ack("FR", "archive", [], 2)  # before any pass saw the new subscription
-        assert await st.purge(ACCEPTED + 2, 0) == 3
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
+    await st.ack("FR", "main", [], 2)
+    assert await st.purge(ACCEPTED, 100) == 0  # released now, kept 100 s
+    await st.subscribe("FR", "archive", (">",), now=ACCEPTED)  # owed them again: held
+    await st.ack("FR", "archive", [], 2)  # before any pass saw the new subscription
+    assert await st.purge(ACCEPTED + 2, 0) == 3
 
 
-async def test_a_later_purge_pass_sees_patterns_narrowed(tmp_path: Path) -> None:
+async def test_a_later_purge_pass_sees_patterns_narrowed(st: SQLiteStorage) -> None:
     """Held for a subscription whose patterns then stop matching it: released at the next pass."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        assert await appended(st, [addressed(0, ("FR",), "reports.z"), addressed(1, ("FR",), "alerts.x")]) == [0, 1]
-        assert await st.purge(ACCEPTED, 0) == 0
-        await st.subscribe("FR", "main", ("alerts.>",))
-        assert await st.purge(ACCEPTED + 1, 0) == 1
-        assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    assert await appended(st, [addressed(0, ("FR",), "reports.z"), addressed(1, ("FR",), "alerts.x")]) == [0, 1]
+    assert await st.purge(ACCEPTED, 0) == 0
+    await st.subscribe("FR", "main", ("alerts.>",))
+    assert await st.purge(ACCEPTED + 1, 0) == 1
+    assert bodies(st, "FR") == {0: None, 1: raw_of(1)}
 
 
-async def test_a_later_purge_pass_sees_patterns_changed_and_changed_back(tmp_path: Path) -> None:
+async def test_a_later_purge_pass_sees_patterns_changed_and_changed_back(st: SQLiteStorage) -> None:
     """Patterns widened (holding released bodies again) and narrowed back between two passes leave
     the subscription as the last pass saw it; the bodies are released again all the same."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", ("reports.>",))
-        assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
-        assert await st.purge(ACCEPTED, 100) == 0  # not matched: released now, kept 100 s
-        await st.subscribe("FR", "main", (">",), now=ACCEPTED)  # held again
-        await st.subscribe("FR", "main", ("reports.>",), now=ACCEPTED)
-        assert await st.purge(ACCEPTED + 2, 0) == 3
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", ("reports.>",))
+    assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
+    assert await st.purge(ACCEPTED, 100) == 0  # not matched: released now, kept 100 s
+    await st.subscribe("FR", "main", (">",), now=ACCEPTED)  # held again
+    await st.subscribe("FR", "main", ("reports.>",), now=ACCEPTED)
+    assert await st.purge(ACCEPTED + 2, 0) == 3
 
 
-async def test_a_later_purge_pass_sees_an_acknowledgement_that_replaces_one_below_the_cursor(
-        tmp_path: Path) -> None:
+async def test_a_later_purge_pass_sees_an_acknowledgement_that_replaces_one_below_the_cursor(st: SQLiteStorage) -> None:
     """A feed stopped meanwhile flushes its acks with cursor -1, leaving one at or below the cursor;
     a later ack deletes it and adds one above: as many acks as before, one more packet released."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        assert await appended(st, [addressed(i, ("FR",)) for i in range(10)]) == list(range(10))
-        await st.ack("FR", "main", [7], 5)
-        await st.ack("FR", "main", [3], -1)
-        assert await st.purge(ACCEPTED, 100) == 0  # 0-5 and 7 released, kept 100 s; 6, 8, 9 held
-        await st.ack("FR", "main", [9], 5)
-        assert await st.purge(ACCEPTED + 200, 0) == 8
-        assert [i for i, raw in bodies(st, "FR").items() if raw is not None] == [6, 8]
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    assert await appended(st, [addressed(i, ("FR",)) for i in range(10)]) == list(range(10))
+    await st.ack("FR", "main", [7], 5)
+    await st.ack("FR", "main", [3], -1)
+    assert await st.purge(ACCEPTED, 100) == 0  # 0-5 and 7 released, kept 100 s; 6, 8, 9 held
+    await st.ack("FR", "main", [9], 5)
+    assert await st.purge(ACCEPTED + 200, 0) == 8
+    assert [i for i, raw in bodies(st, "FR").items() if raw is not None] == [6, 8]
 
 
-async def test_a_later_purge_pass_sees_a_subscription_made_anew_as_it_was(tmp_path: Path) -> None:
+async def test_a_later_purge_pass_sees_a_subscription_made_anew_as_it_was(st: SQLiteStorage) -> None:
     """A subscription removed and made again between two passes, and acknowledged back to the same
     cursor, looks unchanged to a comparison of cursors; what it held again is released all the same."""
-    st = SQLiteStorage(tmp_path / "hub.db")
-    try:
-        await st.subscribe("FR", "main", (">",))
-        await st.subscribe("FR", "archive", (">",))
-        assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
-        await st.ack("FR", "main", [], 2)
-        await st.ack("FR", "archive", [], 2)
-        assert await st.purge(ACCEPTED, 100) == 0  # released now, kept 100 s
-        assert await st.unsubscribe("FR", "archive")
-        await st.subscribe("FR", "archive", (">",), now=ACCEPTED)  # owed them again: held
-        await st.ack("FR", "archive", [], 2)
-        assert await st.purge(ACCEPTED + 2, 0) == 3
-    finally:
-        await st.close()
+    await st.subscribe("FR", "main", (">",))
+    await st.subscribe("FR", "archive", (">",))
+    assert await appended(st, [addressed(i, ("FR",)) for i in range(3)]) == [0, 1, 2]
+    await st.ack("FR", "main", [], 2)
+    await st.ack("FR", "archive", [], 2)
+    assert await st.purge(ACCEPTED, 100) == 0  # released now, kept 100 s
+    assert await st.unsubscribe("FR", "archive")
+    await st.subscribe("FR", "archive", (">",), now=ACCEPTED)  # owed them again: held
+    await st.ack("FR", "archive", [], 2)
+    assert await st.purge(ACCEPTED + 2, 0) == 3
 
 
 async def test_purge_goes_through_a_backlog_in_chunks_and_misses_nothing(
