@@ -21,11 +21,17 @@ from hub.server.control import UNSUBSCRIBE, call
 from .hubutil import assert_refused, collect, hub_cli, hub_config, hub_toml, node_client, running_hub, seal_for
 
 
+def _cfg(tmp_path: Path, fed_dir: Path, db: Path, sock: Path | None = None) -> Path:
+    """The hub.toml the CLI reads for a test's hub."""
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(hub_toml(fed_dir, db, control=sock))
+    return cfg
+
+
 async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed: Federation, fed_dir: Path,
                                                                            tmp_path: Path) -> None:
     db = tmp_path / "hub.db"
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(hub_toml(fed_dir, db))
+    cfg = _cfg(tmp_path, fed_dir, db)
     async with running_hub(hub_config(fed_dir, db)) as (url, _):
         async with node_client(fed, "FR", url) as fr, node_client(fed, "IT", url) as it:
             await asyncio.gather(fr.wait_connected(10), it.wait_connected(10))
@@ -73,8 +79,7 @@ async def test_an_operator_finds_and_removes_a_subscription_nobody_consumes(fed:
 
 
 def test_listing_needs_a_database(fed_dir: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(hub_toml(fed_dir, tmp_path / "missing.db"))
+    cfg = _cfg(tmp_path, fed_dir, tmp_path / "missing.db")
     assert_refused(hub_cli("subscriptions", cfg), 5, "no hub database there")
     assert not (tmp_path / "missing.db").exists()
 
@@ -83,8 +88,7 @@ async def test_a_database_whose_name_has_uri_characters_is_read_as_itself(fed: F
                                                                          tmp_path: Path) -> None:
     """Read-only opens go through a file URI: "hub?x#1.db" is that file, not "hub" (which they created)."""
     db = tmp_path / "hub?x#1.db"
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(hub_toml(fed_dir, db))
+    cfg = _cfg(tmp_path, fed_dir, db)
     async with running_hub(hub_config(fed_dir, db)) as (url, _):
         async with node_client(fed, "FR", url) as fr:
             await fr.wait_connected(10)
@@ -116,8 +120,7 @@ async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed
             while (s := subscriptions(db, int(time.time()), "FR")[0]).owed and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
             assert s.owed == 0 and s.cursor == 2 and s.acked_at is None, s  # passed by, not acknowledged
-            cfg = tmp_path / "hub.toml"
-            cfg.write_text(hub_toml(fed_dir, db))
+            cfg = _cfg(tmp_path, fed_dir, db)
             [row] = hub_cli("subscriptions", cfg).stdout.splitlines()[2:]
             assert "never" in row and "unknown" not in row, row
             assert fr.deliveries.empty()
@@ -130,8 +133,7 @@ async def test_packets_a_feed_passes_by_are_not_held_for_it(fed: Federation, fed
 async def test_an_operator_removes_a_subscription_while_the_hub_runs(fed: Federation, fed_dir: Path,
                                                                      tmp_path: Path) -> None:
     db, sock = tmp_path / "hub.db", tmp_path / "hub.control"
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(hub_toml(fed_dir, db, control=sock))
+    cfg = _cfg(tmp_path, fed_dir, db, sock)
     async with running_hub(hub_config(fed_dir, db, control=sock)) as (url, _):
         assert stat.S_ISSOCK(sock.lstat().st_mode) and stat.S_IMODE(sock.lstat().st_mode) == 0o600
         async with node_client(fed, "FR", url) as fr, node_client(fed, "IT", url) as it:
@@ -222,12 +224,6 @@ async def test_a_hub_removes_only_its_own_control_socket(fed: Federation, fed_di
     assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "x" * 65), 2, "has 1-64 characters")
     # Bytes the shell could not decode: refused before they reach the hub's writer.
     assert_refused(hub_cli("unsubscribe", cfg, "--nation", "FR", "--name", "a\udcff"), 2, "--name: not valid Unicode")
-
-
-def _cfg(tmp_path: Path, fed_dir: Path, db: Path, sock: Path) -> Path:
-    cfg = tmp_path / "hub.toml"
-    cfg.write_text(hub_toml(fed_dir, db, control=sock))
-    return cfg
 
 
 

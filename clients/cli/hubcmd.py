@@ -174,16 +174,14 @@ def unsubscribe(config_path: Path, nation: str, name: str) -> None:
     from hub.protocol.certs import check_nation
     from hub.protocol.errors import StoreError
     from hub.server.config import load_config
-    from hub.server.control import UNSUBSCRIBE, ControlUnavailable, call
-
-    from hub.server.control import check_name
+    from hub.server.control import UNSUBSCRIBE, ControlUnavailable, call, check_name
 
     config = load_config(config_path)
     check_nation(nation, "--nation")
     try:
         check_name(name)
     except ValueError as exc:
-        fail(f"--name: {'not valid Unicode' if isinstance(exc, UnicodeError) else exc}", 2)
+        fail(f"--name: {exc}", 2)
     missing = (f"{nation} has no subscription named {name!r}; `intelhub hub subscriptions --nation {nation}` "
                "lists them")
     if config.control_socket is not None:

@@ -185,15 +185,9 @@ def create_app(config: HubConfig, *, relay_factory: type[Relay] = Relay, log_fac
             await storage.close()
 
     async def on_shutdown(app: web.Application) -> None:
-        async def close(s: Session) -> None:
-            try:
-                async with asyncio.timeout(SHUTDOWN_CLOSE_TIMEOUT):
-                    await s.close(WSCloseCode.GOING_AWAY, b"hub shutting down")
-            except Exception:  # a peer that stopped reading cannot take the close frame: cut it off
-                s.abort()
-
         # All at once: one peer that stopped reading must not hold up the others' close, or the exit.
-        await asyncio.gather(*(close(s) for s in list(app[SESSIONS])))
+        await asyncio.gather(*(s.close_within(SHUTDOWN_CLOSE_TIMEOUT, WSCloseCode.GOING_AWAY, b"hub shutting down")
+                               for s in list(app[SESSIONS])))
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

@@ -38,7 +38,10 @@ def check_name(name: object) -> str:
     """A subscription name as the protocol allows it: 1-MAX_NAME characters of valid Unicode."""
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
         raise ValueError(f"a subscription name has 1-{MAX_NAME} characters")
-    name.encode()  # a lone surrogate (from a JSON escape, or bytes a shell could not decode) raises
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # a lone surrogate: a JSON escape, or bytes a shell could not decode
+        raise ValueError("not valid Unicode") from None
     return name
 
 

@@ -356,11 +356,7 @@ class Relay:
         if owner is None:
             return
         owner.drop_feed(name)
-        try:
-            async with asyncio.timeout(2.0):
-                await owner.close(WSCloseCode.SERVICE_RESTART, why.encode()[:120])
-        except Exception:  # a peer that stopped reading cannot take the close frame
-            owner.abort()
+        await owner.close_within(2.0, WSCloseCode.SERVICE_RESTART, why.encode()[:120])
 
     def release_feeds(self, session: Any) -> None:
         for key, owner in list(self._feed_owners.items()):

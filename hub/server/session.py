@@ -566,3 +566,12 @@ class Session:
     async def close(self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"hub shutting down") -> None:
         self._flush_now()  # what is queued goes before the close frame
         await self.ws.close(code=code, message=message)
+
+    async def close_within(self, seconds: float, code: int, message: bytes) -> None:
+        """:meth:`close`, or cut the connection if the peer does not take the close frame in time
+        (one that stopped reading would hold it for ever)."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self.close(code, message)
+        except Exception:
+            self.abort()
