@@ -126,6 +126,8 @@ async def thread_cpu(url: str) -> dict[str, float]:
         if line.startswith("intelhub_thread_cpu_seconds_total{"):
             name = line.split('thread="')[1].split('"')[0].rstrip("0123456789").rstrip("_")
             out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif line.startswith(("intelhub_commit_batch_size_count ", "intelhub_commit_batch_size_sum ")):
+            out[line.split()[0]] = float(line.split()[1])
     return out
 
 
@@ -195,6 +197,8 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
     system = cpu_seconds(pid, "system") - sys0
     me = cpu_seconds(os.getpid()) - me0
     threads = {k: v - threads0.get(k, 0.0) for k, v in (await thread_cpu(url)).items()}
+    commits = threads.pop("intelhub_commit_batch_size_count", 0.0)
+    ops = threads.pop("intelhub_commit_batch_size_sum", 0.0)
     for t in consumers:
         t.cancel()
     for c in nodes.values():
@@ -204,7 +208,7 @@ async def run_hub_phase(url: str, pid: int, packets: list[bytes], rate: float | 
             "acc_p50": pct(accepted_lat, 50), "acc_p99": pct(accepted_lat, 99),
             "del_p50": pct(delivered_lat, 50), "del_p99": pct(delivered_lat, 99), "cpu_per_packet": cpu / n,
             "client_cpu": me / (t_done - t_start), "system_share": system / cpu if cpu else 0.0,
-            "hub_cpu": cpu / (t_done - t_start),
+            "hub_cpu": cpu / (t_done - t_start), "commits": commits / n, "ops_per_commit": ops / commits if commits else 0.0,
             "threads": {k: v / n for k, v in sorted(threads.items(), key=lambda kv: -kv[1])}}
 
 
@@ -350,6 +354,7 @@ async def main_async(args: argparse.Namespace) -> None:
              "hub-log-sign": "log signer"}
     print("  hub CPU by thread, µs per packet: " + ", ".join(
         f"{names.get(k, k)} {v * 1e6:.0f}" for k, v in thr["threads"].items() if v * 1e6 >= 0.5))
+    print(f"  group commits per packet {thr['commits']:.2f}, operations per commit {thr['ops_per_commit']:.1f}")
     print(f"  floor: hybrid verify {verify * 1e6:.0f} µs + bare relay {base * 1e6:.0f} µs "
           f"= {floor * 1e6:.0f} µs (means of before and after: verify "
           f"{'/'.join(f'{v * 1e6:.0f}' for v in verifies)}, relay {'/'.join(f'{b * 1e6:.0f}' for b in bases)});   "
