@@ -5,9 +5,14 @@ while it runs, or on its database with it stopped."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import shutil
 import socket
 import stat
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +21,7 @@ import pytest
 
 from hub.protocol.errors import ConfigError
 from hub.protocol.federation import Federation
+from hub.server.app import RELAY
 from hub.server.control import UNSUBSCRIBE, call
 
 from .hubutil import assert_refused, collect, hub_cli, hub_config, hub_toml, node_client, running_hub, seal_for
@@ -181,13 +187,25 @@ async def test_a_control_socket_path_is_taken_only_when_nobody_uses_it(fed: Fede
         r = await asyncio.to_thread(hub_cli, "subscriptions", _cfg(tmp_path, fed_dir, tmp_path / "a.db", sock))
         assert r.returncode == 0, r.stderr
         # A second hub (its own database) pointed at the live socket does not start, and leaves it be.
-        with pytest.raises(ConfigError, match="already listens on"):
+        with pytest.raises(ConfigError, match="another hub serves .*hub.control.lock"):
             async with running_hub(hub_config(fed_dir, tmp_path / "b.db", control=sock)):
                 pass
         assert stat.S_ISSOCK(sock.lstat().st_mode)
         status, answer = await call(sock, UNSUBSCRIBE, {"nation": "FR", "name": "none"})
         assert status == 404 and answer["code"] == "unknown_subscription"
+    # Another program listening there (it holds no lock) is not displaced either.
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(sock))
+    other.listen()
+    try:
+        with pytest.raises(ConfigError, match="already listens on"):
+            async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+                pass
+        assert stat.S_ISSOCK(sock.lstat().st_mode)
+    finally:
+        other.close()
     # Any other file is not replaced; --check says so too.
+    sock.unlink()
     sock.write_text("notes")
     assert_refused(hub_cli("serve", _cfg(tmp_path, fed_dir, tmp_path / "a.db", sock), "--check"), 2,
                    "exists and is not a socket")
@@ -208,6 +226,106 @@ async def test_a_control_socket_path_is_taken_only_when_nobody_uses_it(fed: Fede
         async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=shared / "hub.control")):
             pass
     assert not (shared / "hub.control").exists()
+
+
+async def test_two_hubs_starting_at_once_on_one_control_socket_do_not_take_it_from_each_other(
+        fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    """Both would find a killed hub's socket dead; the later then removed the earlier's live socket.
+    The lock beside the socket lets only one through: here the test holds it, as a hub that has
+    just found the old socket dead would."""
+    sock = tmp_path / "hub.control"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(sock))
+    dead.close()
+    ident = sock.lstat().st_ino
+    with open(tmp_path / "hub.control.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another hub serves"):
+            async with running_hub(hub_config(fed_dir, tmp_path / "b.db", control=sock)):
+                pass
+        assert sock.lstat().st_ino == ident, "the socket of the hub holding the lock was replaced"
+    # Released (that hub stopped): the next start takes the path.
+    async with running_hub(hub_config(fed_dir, tmp_path / "b.db", control=sock)):
+        status, _ = await call(sock, UNSUBSCRIBE, {"nation": "FR", "name": "none"})
+        assert status == 404
+    assert not sock.exists() and (tmp_path / "hub.control.lock").exists()
+
+
+async def test_a_control_socket_under_a_directory_others_could_swap_is_refused(fed: Federation, fed_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    """Whoever may write to a directory above the socket's (or owns it) can rename the socket's
+    directory and put one of theirs in its place; a sticky one of root's (like /tmp) is safe."""
+    cfg = _cfg(tmp_path, fed_dir, tmp_path / "a.db")
+    shared = tmp_path / "shared"
+    inner = shared / "run"
+    inner.mkdir(parents=True)
+    inner.chmod(0o700)
+    sock = inner / "hub.control"
+    for mode in (0o777, 0o775):
+        shared.chmod(mode)
+        with pytest.raises(ConfigError, match=f"directory {shared}, above the socket's, may be changed"):
+            async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+                pass
+        assert not sock.exists() and not (inner / "hub.control.lock").exists()
+        cfg.write_text(hub_toml(fed_dir, tmp_path / "a.db", control=sock))
+        assert_refused(hub_cli("serve", cfg, "--check"), 2, "above the socket's, may be changed")
+    shared.chmod(0o1777)
+    if os.geteuid() == 0:  # sticky and root's
+        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+            assert stat.S_ISSOCK(sock.lstat().st_mode)
+        # Owned by another user: they may rename what is in it, sticky or not.
+        shared.chmod(0o755)
+        os.chown(shared, 65534, 65534)
+        with pytest.raises(ConfigError, match="above the socket's, may be changed"):
+            async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+                pass
+        # --check may run as another user than the hub's: it compares modes only.
+        r = hub_cli("serve", cfg, "--check")
+        assert r.returncode == 0, r.stderr
+
+
+# Run as another user: asks the socket to remove FR's "keep"; prints the answer's status line or the error.
+_PEER = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+    body = b'{"nation": "FR", "name": "keep"}'
+    s.sendall(b"POST /control/v1/unsubscribe HTTP/1.1\\r\\nHost: hub\\r\\nContent-Type: application/json\\r\\n"
+              b"Content-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s" % (len(body), body))
+    print(s.recv(4096).split(b"\\r\\n")[0].decode())
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK),
+                    reason="runs a peer as another user: needs root and a system python3")
+async def test_another_user_may_not_use_the_control_socket(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:
+    # Under /tmp itself: the user must reach the socket's directory to be refused by the socket.
+    base = Path(tempfile.mkdtemp(prefix="intelhub-ctl-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        sock = base / "hub.control"
+        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)) as (url, app):
+            async with node_client(fed, "FR", url) as fr:
+                await fr.wait_connected(10)
+                await fr.subscribe("keep", [">"])
+
+            def as_nobody() -> str:
+                r = subprocess.run(["/usr/bin/python3", "-c", _PEER, str(sock)], user=65534, group=65534,
+                                   extra_groups=[], capture_output=True, text=True, timeout=30, cwd="/")
+                assert r.returncode == 0, r.stderr
+                return r.stdout.strip()
+
+            assert await asyncio.to_thread(as_nobody) == "PermissionError"  # the file's mode, 0600
+            sock.chmod(0o666)  # were the mode lost, the peer's user is still checked
+            assert await asyncio.to_thread(as_nobody) == "HTTP/1.1 403 Forbidden"
+            assert app[RELAY].storage.subscription_names("FR") == ["keep"]
+            status, _ = await call(sock, UNSUBSCRIBE, {"nation": "FR", "name": "keep"})  # the hub's own user may
+            assert status == 200 and app[RELAY].storage.subscription_names("FR") == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 async def test_a_hub_removes_only_its_own_control_socket(fed: Federation, fed_dir: Path, tmp_path: Path) -> None:

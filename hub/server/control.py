@@ -9,6 +9,7 @@ socket, JSON both ways. ``intelhub hub unsubscribe`` uses it while the hub runs
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -52,10 +53,26 @@ def check_path(path: Path, field: str = "hub.control_socket") -> Path:
     return path
 
 
+def _unsafe_ancestor(directory: Path, serving: bool) -> Path | None:
+    """The first directory above ``directory`` through which another user could swap it for one of
+    theirs: one they may write to (unless sticky and root's, like /tmp), or, when ``serving``, one
+    owned by someone other than root or the hub's user (the owner may rename what is in it)."""
+    for parent in Path(os.path.abspath(directory)).parents:
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return parent
+        sticky_shared = st.st_mode & stat.S_ISVTX and st.st_uid == 0
+        if (st.st_mode & 0o022 and not sticky_shared) or (serving and st.st_uid not in (0, os.geteuid())):
+            return parent
+    return None
+
+
 def check_place(path: Path, *, serving: bool = True) -> bool:
     """Whether a socket is at ``path`` now; refuses a missing directory, one that another user may
-    write to (who could swap the socket for a file or link of theirs), or another kind of file.
-    Not ``serving`` (``--check``, perhaps as another user): the directory's owner is not compared."""
+    write to or swap (who could then put a file or link of theirs in the socket's place), or
+    another kind of file. Not ``serving`` (``--check``, perhaps as another user): owners are not
+    compared."""
     try:
         st = os.stat(path.parent)
     except OSError:
@@ -65,6 +82,12 @@ def check_place(path: Path, *, serving: bool = True) -> bool:
     if st.st_mode & 0o022 or (serving and st.st_uid not in (0, os.geteuid())):
         raise ConfigError(f"hub.control_socket: directory {path.parent} may be written to by other users; put the "
                           "socket in a directory of the hub's user that only it can write to (chmod go-w)")
+    above = _unsafe_ancestor(path.parent, serving)
+    if above is not None:
+        raise ConfigError(f"hub.control_socket: directory {above}, above the socket's, may be changed by other "
+                          "users, who could swap the socket's directory for theirs; use directories owned by "
+                          "root or the hub's user that only their owner can write to (chmod go-w), "
+                          "e.g. /run/intelhub")
     if not os.path.lexists(path):
         return False
     if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -72,9 +95,37 @@ def check_place(path: Path, *, serving: bool = True) -> bool:
     return True
 
 
-def _bind(path: Path) -> tuple[socket.socket, tuple[int, int]]:
-    """A listening-ready socket at ``path``, mode 0600, and the (device, inode) of its file; a
-    socket left by a hub that was killed is replaced, a live one or any other file is not."""
+def _lock(path: Path) -> int:
+    """Hold ``<socket>.lock`` for as long as the hub serves: two hubs started at once on one path
+    both find an old socket dead, and the later would remove the earlier's live socket."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"hub.control_socket: cannot open the lock file {lock} ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(f"hub.control_socket: another hub serves {path} (it holds {lock}); "
+                          "give each hub its own control socket") from None
+    return fd
+
+
+def _bind(path: Path) -> tuple[socket.socket, tuple[int, int], int]:
+    """A listening-ready socket at ``path``, mode 0600, the (device, inode) of its file, and the
+    held lock (:func:`_lock`); a socket left by a hub that was killed is replaced, a live one or
+    any other file is not."""
+    check_place(path)  # before the lock file is made there
+    lock = _lock(path)
+    try:
+        return (*_bind_locked(path), lock)
+    except BaseException:
+        os.close(lock)
+        raise
+
+
+def _bind_locked(path: Path) -> tuple[socket.socket, tuple[int, int]]:
     if check_place(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -120,11 +171,25 @@ def _refused(status: int, code: str, reason: str) -> web.Response:
     return web.json_response({"code": code, "reason": reason}, status=status)
 
 
-def create_control_app(relay: Any, path: Path, ident: tuple[int, int]) -> web.Application:
+class _Held:
+    """The socket file this hub made and the lock it holds; :meth:`release` gives both up, once."""
+
+    def __init__(self, path: Path, ident: tuple[int, int], lock: int) -> None:
+        self.path, self.ident, self.lock = path, ident, lock
+
+    def release(self) -> None:
+        if self.lock < 0:
+            return
+        _unlink(self.path, self.ident)
+        os.close(self.lock)  # after: the next hub may take the path only once the socket is gone
+        self.lock = -1
+
+
+def create_control_app(relay: Any, held: _Held) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
 
     async def remove_socket(_: web.Application) -> None:
-        _unlink(path, ident)
+        held.release()
 
     async def unsubscribe(request: web.Request) -> web.Response:
         if not _peer_allowed(request):
@@ -160,15 +225,16 @@ def create_control_app(relay: Any, path: Path, ident: tuple[int, int]) -> web.Ap
 async def start(relay: Any, path: Path) -> web.AppRunner:
     """Serve the control socket at ``path`` until the returned runner is cleaned up (which also
     removes the socket file)."""
-    sock, ident = _bind(path)
-    runner = web.AppRunner(create_control_app(relay, path, ident), handle_signals=False, access_log=None)
+    sock, ident, lock = _bind(path)
+    held = _Held(path, ident, lock)
+    runner = web.AppRunner(create_control_app(relay, held), handle_signals=False, access_log=None)
     try:
         await runner.setup()
         await web.SockSite(runner, sock).start()
     except BaseException:
         sock.close()
         await runner.cleanup()
-        _unlink(path, ident)
+        held.release()
         raise
     return runner
 
