@@ -269,6 +269,12 @@ async def test_a_control_socket_under_a_directory_others_could_swap_is_refused(f
         assert not sock.exists() and not (inner / "hub.control.lock").exists()
         cfg.write_text(hub_toml(fed_dir, tmp_path / "a.db", control=sock))
         assert_refused(hub_cli("serve", cfg, "--check"), 2, "above the socket's, may be changed")
+    # Reached through a link: the directories above where it leads count too.
+    link = tmp_path / "link"
+    link.symlink_to(inner, target_is_directory=True)
+    with pytest.raises(ConfigError, match=f"directory {shared}, above the socket's, may be changed"):
+        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=link / "hub.control")):
+            pass
     shared.chmod(0o1777)
     if os.geteuid() == 0:  # sticky and root's
         async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):

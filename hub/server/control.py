@@ -56,8 +56,10 @@ def check_path(path: Path, field: str = "hub.control_socket") -> Path:
 def _unsafe_ancestor(directory: Path, serving: bool) -> Path | None:
     """The first directory above ``directory`` through which another user could swap it for one of
     theirs: one they may write to (unless sticky and root's, like /tmp), or, when ``serving``, one
-    owned by someone other than root or the hub's user (the owner may rename what is in it)."""
-    for parent in Path(os.path.abspath(directory)).parents:
+    owned by someone other than root or the hub's user (the owner may rename what is in it).
+    Both the path as written and the one its links lead to are walked."""
+    written, real = Path(os.path.abspath(directory)), Path(os.path.realpath(directory))
+    for parent in (*written.parents, *(real.parents if real != written else ())):
         try:
             st = os.stat(parent)
         except OSError:
