@@ -22,7 +22,7 @@ import pytest
 from hub.protocol.errors import ConfigError
 from hub.protocol.federation import Federation
 from hub.server.app import RELAY
-from hub.server.control import UNSUBSCRIBE, call
+from hub.server.control import UNSUBSCRIBE, call, check_place
 
 from .hubutil import assert_refused, collect, hub_cli, hub_config, hub_toml, node_client, running_hub, seal_for
 
@@ -253,9 +253,17 @@ async def test_two_hubs_starting_at_once_on_one_control_socket_do_not_take_it_fr
 
 async def test_a_control_socket_under_a_directory_others_could_swap_is_refused(fed: Federation, fed_dir: Path,
                                                                                tmp_path: Path) -> None:
-    """Whoever may write to a directory above the socket's (or owns it) can rename the socket's
-    directory and put one of theirs in its place; a sticky one of root's (like /tmp) is safe."""
+    """Whoever may write to a directory on the way to the socket's (or owns it, or owns a link on
+    the way) can put a directory of theirs in its place; a sticky one of root's (like /tmp) is safe."""
     cfg = _cfg(tmp_path, fed_dir, tmp_path / "a.db")
+
+    async def refused(sock: Path, culprit: Path) -> None:
+        lock_before = os.path.lexists(str(sock) + ".lock")  # a hub that served there before leaves it
+        with pytest.raises(ConfigError, match=f"{culprit}, on the way to the socket's directory, may be changed"):
+            async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
+                pass
+        assert not os.path.lexists(sock) and os.path.lexists(str(sock) + ".lock") == lock_before
+
     shared = tmp_path / "shared"
     inner = shared / "run"
     inner.mkdir(parents=True)
@@ -263,28 +271,45 @@ async def test_a_control_socket_under_a_directory_others_could_swap_is_refused(f
     sock = inner / "hub.control"
     for mode in (0o777, 0o775):
         shared.chmod(mode)
-        with pytest.raises(ConfigError, match=f"directory {shared}, above the socket's, may be changed"):
-            async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
-                pass
-        assert not sock.exists() and not (inner / "hub.control.lock").exists()
+        await refused(sock, shared)
         cfg.write_text(hub_toml(fed_dir, tmp_path / "a.db", control=sock))
-        assert_refused(hub_cli("serve", cfg, "--check"), 2, "above the socket's, may be changed")
-    # Reached through a link: the directories above where it leads count too.
-    link = tmp_path / "link"
-    link.symlink_to(inner, target_is_directory=True)
-    with pytest.raises(ConfigError, match=f"directory {shared}, above the socket's, may be changed"):
-        async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=link / "hub.control")):
-            pass
+        assert_refused(hub_cli("serve", cfg, "--check"), 2, "on the way to the socket's directory, may be changed")
+    # The hub resolves links when it reads its configuration, and checks where they lead. The check
+    # itself also holds on a path with links, and a link to a link: every directory a name is
+    # looked up in counts, as the kernel looks it up.
+    def check_refuses(sock: Path, culprit: Path) -> None:
+        with pytest.raises(ConfigError, match=f"{culprit}, on the way to the socket's directory, may be changed"):
+            check_place(sock)
+
+    (tmp_path / "link").symlink_to(inner, target_is_directory=True)
+    await refused(tmp_path / "link" / "hub.control", shared)
+    check_refuses(tmp_path / "link" / "hub.control", shared)
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o700)
+    (safe / "real").mkdir(mode=0o700)
+    (shared / "hop").symlink_to(safe / "real", target_is_directory=True)
+    (tmp_path / "via").symlink_to(shared / "hop", target_is_directory=True)
+    check_refuses(tmp_path / "via" / "hub.control", shared)
+    (safe / "up").symlink_to(Path("..") / "shared" / "run", target_is_directory=True)  # climbs with ..
+    check_refuses(safe / "up" / "hub.control", shared)
+    (safe / "loop").symlink_to(safe / "loop")
+    with pytest.raises(ConfigError, match="more than 40 links on the way to"):
+        check_place(safe / "loop" / "hub.control")
     shared.chmod(0o1777)
     if os.geteuid() == 0:  # sticky and root's
         async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
             assert stat.S_ISSOCK(sock.lstat().st_mode)
-        # Owned by another user: they may rename what is in it, sticky or not.
+        # In it, a link owned by another user: they may replace it.
+        theirs = shared / "theirs"
+        theirs.symlink_to(safe / "real", target_is_directory=True)
+        os.lchown(theirs, 65534, 65534)
+        check_refuses(theirs / "hub.control", theirs)
+        os.lchown(theirs, 0, 0)
+        assert check_place(theirs / "hub.control") is False
+        # A directory owned by another user: they may rename what is in it, sticky or not.
         shared.chmod(0o755)
         os.chown(shared, 65534, 65534)
-        with pytest.raises(ConfigError, match="above the socket's, may be changed"):
-            async with running_hub(hub_config(fed_dir, tmp_path / "a.db", control=sock)):
-                pass
+        await refused(sock, shared)
         # --check may run as another user than the hub's: it compares modes only.
         r = hub_cli("serve", cfg, "--check")
         assert r.returncode == 0, r.stderr

@@ -9,6 +9,7 @@ socket, JSON both ways. ``intelhub hub unsubscribe`` uses it while the hub runs
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -53,43 +54,78 @@ def check_path(path: Path, field: str = "hub.control_socket") -> Path:
     return path
 
 
-def _unsafe_ancestor(directory: Path, serving: bool) -> Path | None:
-    """The first directory above ``directory`` through which another user could swap it for one of
-    theirs: one they may write to (unless sticky and root's, like /tmp), or, when ``serving``, one
-    owned by someone other than root or the hub's user (the owner may rename what is in it).
-    Both the path as written and the one its links lead to are walked."""
-    written, real = Path(os.path.abspath(directory)), Path(os.path.realpath(directory))
-    for parent in (*written.parents, *(real.parents if real != written else ())):
+#: Links followed on the way to the socket's directory before the path is refused (as Linux's MAXSYMLINKS).
+MAX_LINKS: Final = 40
+
+
+def _swappable(st: os.stat_result, serving: bool) -> bool:
+    """Whether another user could replace what is in a directory with ``st``: others may write to
+    it, unless it is sticky and root's (like /tmp); or, ``serving``, it is owned by someone other
+    than root or the hub's user (the owner may rename what is in it)."""
+    shared = st.st_mode & 0o022 and not (st.st_mode & stat.S_ISVTX and st.st_uid == 0)
+    return bool(shared) or (serving and st.st_uid not in (0, os.geteuid()))
+
+
+def _walk(directory: Path, serving: bool) -> Path | None:
+    """Follow ``directory`` from / a name at a time, as the kernel does, links included; the first
+    directory or link on the way that another user could swap (:func:`_swappable`), or None.
+    ConfigError if a name is missing or not a directory."""
+    todo = list(reversed(Path(os.path.abspath(directory)).parts[1:]))
+    here = Path("/")
+    if _swappable(os.stat(here), serving):
+        return here
+    links = 0
+    while todo:
+        name = todo.pop()
+        if name in ("", "."):
+            continue
+        if name == "..":  # ``here`` is always a real directory: its parent is the one ".." names
+            here = here.parent
+            continue
+        step = here / name
         try:
-            st = os.stat(parent)
+            st = os.lstat(step)
         except OSError:
-            return parent
-        sticky_shared = st.st_mode & stat.S_ISVTX and st.st_uid == 0
-        if (st.st_mode & 0o022 and not sticky_shared) or (serving and st.st_uid not in (0, os.geteuid())):
-            return parent
+            where = "" if step == directory else f" ({step} is missing)"
+            raise ConfigError(f"hub.control_socket: directory {directory} does not exist{where}; "
+                              "create it (mode 0700) first") from None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                raise ConfigError(f"hub.control_socket: more than {MAX_LINKS} links on the way to {directory} "
+                                  "(a loop?); give the socket's real directory")
+            # A link's mode means nothing; in a sticky directory its owner may replace it.
+            if serving and st.st_uid not in (0, os.geteuid()):
+                return step
+            target = os.readlink(step)
+            if os.path.isabs(target):
+                here = Path("/")
+            todo.extend(reversed(Path(target).parts[1:] if os.path.isabs(target) else Path(target).parts))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConfigError(f"hub.control_socket: {step}, on the way to the socket, is not a directory; "
+                              "give a directory (mode 0700) for the socket")
+        if todo and _swappable(st, serving):  # the socket's own directory has the stricter rule below
+            return step
+        here = step
     return None
 
 
 def check_place(path: Path, *, serving: bool = True) -> bool:
     """Whether a socket is at ``path`` now; refuses a missing directory, one that another user may
-    write to or swap (who could then put a file or link of theirs in the socket's place), or
-    another kind of file. Not ``serving`` (``--check``, perhaps as another user): owners are not
-    compared."""
-    try:
-        st = os.stat(path.parent)
-    except OSError:
-        st = None
-    if st is None or not stat.S_ISDIR(st.st_mode):
-        raise ConfigError(f"hub.control_socket: directory {path.parent} does not exist; create it (mode 0700) first")
+    write to, or swap (any directory or link on the way to it, see :func:`_walk`), and another
+    kind of file at ``path``. Not ``serving`` (``--check``, perhaps as another user): owners are
+    not compared."""
+    on_the_way = _walk(path.parent, serving)
+    if on_the_way is not None:
+        raise ConfigError(f"hub.control_socket: {on_the_way}, on the way to the socket's directory, may be changed "
+                          "by other users, who could swap that directory for theirs; use directories (and links) "
+                          "owned by root or the hub's user that only their owner can write to (chmod go-w), "
+                          "e.g. /run/intelhub")
+    st = os.stat(path.parent)
     if st.st_mode & 0o022 or (serving and st.st_uid not in (0, os.geteuid())):
         raise ConfigError(f"hub.control_socket: directory {path.parent} may be written to by other users; put the "
                           "socket in a directory of the hub's user that only it can write to (chmod go-w)")
-    above = _unsafe_ancestor(path.parent, serving)
-    if above is not None:
-        raise ConfigError(f"hub.control_socket: directory {above}, above the socket's, may be changed by other "
-                          "users, who could swap the socket's directory for theirs; use directories owned by "
-                          "root or the hub's user that only their owner can write to (chmod go-w), "
-                          "e.g. /run/intelhub")
     if not os.path.lexists(path):
         return False
     if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -107,10 +143,13 @@ def _lock(path: Path) -> int:
         raise ConfigError(f"hub.control_socket: cannot open the lock file {lock} ({exc.strerror or exc})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as exc:
         os.close(fd)
-        raise ConfigError(f"hub.control_socket: another hub serves {path} (it holds {lock}); "
-                          "give each hub its own control socket") from None
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ConfigError(f"hub.control_socket: another hub serves {path} (it holds {lock}); "
+                              "give each hub its own control socket") from None
+        raise ConfigError(f"hub.control_socket: cannot lock {lock} ({exc.strerror or exc}); put the socket on a "
+                          "local file system (e.g. /run/intelhub)") from None
     return fd
 
 
