@@ -13,14 +13,15 @@ from hub.protocol.errors import ConfigError
 MAX_PATH = 4096
 
 
-def config_path(base: Path, value: str, where: str) -> Path:
-    """``value`` relative to ``base``; a NUL, an absurd length or an OS refusal is a ConfigError."""
+def config_path(base: Path, value: str, where: str, *, resolve: bool = True) -> Path:
+    """``value`` relative to ``base``; a NUL, an absurd length or an OS refusal is a ConfigError.
+    Links are resolved unless not ``resolve`` (the path is then only made absolute, as written)."""
     if "\x00" in value:
         raise ConfigError(f"{where}: the path contains a NUL character")
     if len(value) > MAX_PATH:
         raise ConfigError(f"{where}: the path is longer than {MAX_PATH} characters")
     try:
-        return (base / value).resolve()
+        return (base / value).resolve() if resolve else Path.cwd() / base / value
     except (OSError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"{where}: {value[:80]!r} is not a usable path ({exc})") from None
 

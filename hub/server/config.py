@@ -131,9 +131,9 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
     if not host or not (port_s.isascii() and port_s.isdigit() and len(port_s) <= 5) or not 0 <= int(port_s) < 65536:
         raise ConfigError(f"hub.listen: {listen!r} is not host:port (e.g. 127.0.0.1:8443; port 0 picks a free port)")
 
-    def path(key: str) -> Path | None:
+    def path(key: str, resolve: bool = True) -> Path | None:
         v = _typed(hub, key, str, "hub", None)
-        return None if v is None else config_path(base, v, f"hub.{key}")
+        return None if v is None else config_path(base, v, f"hub.{key}", resolve=resolve)
 
     tls_cert, tls_key = path("tls_cert"), path("tls_key")
     if (tls_cert is None) != (tls_key is None):
@@ -146,7 +146,9 @@ def parse_config(text: str, base: Path, source: str = "hub.toml") -> HubConfig:
             raise ConfigError(f"hub.{key}: {p} is not a {'directory' if kind == 'dir' else 'regular file'}")
     if tls_cert is None and host not in ("127.0.0.1", "::1", "localhost"):
         raise ConfigError(f"hub.listen: {host} is not loopback; plain HTTP is only allowed on loopback (127.0.0.1, ::1, localhost); set tls_cert and tls_key")
-    control_socket = path("control_socket")
+    # As written, links and all: the hub and the CLI both reach it that way, and the hub checks
+    # every directory and link on the way when it starts (control.check_place).
+    control_socket = path("control_socket", resolve=False)
     if control_socket is not None:
         from .control import check_path
 

@@ -70,7 +70,7 @@ def _walk(directory: Path, serving: bool) -> Path | None:
     """Follow ``directory`` from / a name at a time, as the kernel does, links included; the first
     directory or link on the way that another user could swap (:func:`_swappable`), or None.
     ConfigError if a name is missing or not a directory."""
-    todo = list(reversed(Path(os.path.abspath(directory)).parts[1:]))
+    todo = list(reversed((Path.cwd() / directory).parts[1:]))  # ".." kept: the kernel, not the text, says where it leads
     here = Path("/")
     if _swappable(os.stat(here), serving):
         return here
