@@ -3,8 +3,9 @@
 Builds a hub database (the real SQLiteStorage) of N packets to the G7, all acknowledged by each
 nation's subscription except FR's second one, "unused" (a node retired without `unsub`): every
 packet is still owed to it, and no purge pass releases any. The first pass after a start looks at
-each of them in full; later passes only check them for expiry, from an index. While a pass runs, one packet is appended every 2 ms, as a publishing hub would; their commit latency is
-the cost a purge puts on ACCEPTED. The baseline is the same appends with no purge running.
+each of them in full; later passes only check them for expiry, from an index. While a pass runs,
+one packet is appended every 2 ms, as a publishing hub would; their commit latency is the cost a
+purge puts on ACCEPTED. The baseline is the same appends with no purge running.
 
     .venv/bin/python bench/purge.py [--packets 100000]
 

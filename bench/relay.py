@@ -497,6 +497,9 @@ def main() -> None:
                     help="rounds of both phases against one hub, each with its own floor; medians are printed")
     ap.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    for name in ("packets", "rate", "seconds", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: must be at least 1")
     if args.baseline_server:
         asyncio.run(baseline_server(args.baseline_server))
         return

@@ -9,8 +9,6 @@ socket, JSON both ways. ``intelhub hub unsubscribe`` uses it while the hub runs
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import os
@@ -23,6 +21,7 @@ from typing import Any, Final
 import aiohttp
 from aiohttp import web
 
+from hub import lockfile
 from hub.protocol.certs import check_nation
 from hub.protocol.errors import ConfigError, IntelhubError, StoreError
 from hub.protocol.frames import MAX_NAME
@@ -116,6 +115,11 @@ def check_place(path: Path, *, serving: bool = True) -> bool:
     write to, or swap (any directory or link on the way to it, see :func:`_walk`), and another
     kind of file at ``path``. Not ``serving`` (``--check``, perhaps as another user): owners are
     not compared."""
+    _check_directory(path, serving)
+    return _socket_there(path)
+
+
+def _check_directory(path: Path, serving: bool) -> None:
     on_the_way = _walk(path.parent, serving)
     if on_the_way is not None:
         raise ConfigError(f"hub.control_socket: {on_the_way}, on the way to the socket's directory, may be changed "
@@ -126,6 +130,9 @@ def check_place(path: Path, *, serving: bool = True) -> bool:
     if st.st_mode & 0o022 or (serving and st.st_uid not in (0, os.geteuid())):
         raise ConfigError(f"hub.control_socket: directory {path.parent} may be written to by other users; put the "
                           "socket in a directory of the hub's user that only it can write to (chmod go-w)")
+
+
+def _socket_there(path: Path) -> bool:
     if not os.path.lexists(path):
         return False
     if not stat.S_ISSOCK(os.lstat(path).st_mode):
@@ -133,41 +140,32 @@ def check_place(path: Path, *, serving: bool = True) -> bool:
     return True
 
 
-def _lock(path: Path) -> int:
-    """Hold ``<socket>.lock`` for as long as the hub serves: two hubs started at once on one path
-    both find an old socket dead, and the later would remove the earlier's live socket."""
-    lock = path.with_name(path.name + ".lock")
+def _bind(path: Path) -> tuple[socket.socket, _Held]:
+    """A listening-ready socket at ``path``, mode 0600, and what this hub then holds: the socket
+    file and ``<socket>.lock``. The lock is held for as long as the hub serves: two hubs started
+    at once on one path would both find an old socket dead, and the later would remove the
+    earlier's live socket. A socket left by a hub that was killed is replaced; a live one, or
+    any other file, is not."""
+    _check_directory(path, serving=True)  # before the lock file is made there
+    lock_path = path.with_name(path.name + ".lock")
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        lock = lockfile.hold(lock_path, follow=False)
     except OSError as exc:
-        raise ConfigError(f"hub.control_socket: cannot open the lock file {lock} ({exc.strerror or exc})") from None
+        raise ConfigError(f"hub.control_socket: cannot lock {lock_path} ({exc.strerror or exc}); put the socket on "
+                          "a local file system (e.g. /run/intelhub)") from None
+    if lock is None:
+        raise ConfigError(f"hub.control_socket: another hub serves {path} (it holds {lock_path}); "
+                          "give each hub its own control socket")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ConfigError(f"hub.control_socket: another hub serves {path} (it holds {lock}); "
-                              "give each hub its own control socket") from None
-        raise ConfigError(f"hub.control_socket: cannot lock {lock} ({exc.strerror or exc}); put the socket on a "
-                          "local file system (e.g. /run/intelhub)") from None
-    return fd
-
-
-def _bind(path: Path) -> tuple[socket.socket, tuple[int, int], int]:
-    """A listening-ready socket at ``path``, mode 0600, the (device, inode) of its file, and the
-    held lock (:func:`_lock`); a socket left by a hub that was killed is replaced, a live one or
-    any other file is not."""
-    check_place(path)  # before the lock file is made there
-    lock = _lock(path)
-    try:
-        return (*_bind_locked(path), lock)
+        sock, ident = _bind_locked(path)
     except BaseException:
         os.close(lock)
         raise
+    return sock, _Held(path, ident, lock)
 
 
 def _bind_locked(path: Path) -> tuple[socket.socket, tuple[int, int]]:
-    if check_place(path):
+    if _socket_there(path):
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.settimeout(1.0)
@@ -266,8 +264,7 @@ def create_control_app(relay: Any, held: _Held) -> web.Application:
 async def start(relay: Any, path: Path) -> web.AppRunner:
     """Serve the control socket at ``path`` until the returned runner is cleaned up (which also
     removes the socket file)."""
-    sock, ident, lock = _bind(path)
-    held = _Held(path, ident, lock)
+    sock, held = _bind(path)
     runner = web.AppRunner(create_control_app(relay, held), handle_signals=False, access_log=None)
     try:
         await runner.setup()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import fcntl
 import functools
 import os
 from collections import OrderedDict
@@ -30,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from hub import lockfile
 from hub.migrations import migrate
 from hub.sqlrows import insert_rows, read_only_uri, select_in
 from hub.protocol.logformat import leaf_hash_for
@@ -286,16 +286,13 @@ def _lock(path: Path) -> int:
     """Hold the database for this process: a second hub on the same file would hand out the same log
     indexes. An advisory lock on a file beside it, released by the kernel when the process ends."""
     try:
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = lockfile.hold(f"{path}.lock")
     except OSError as exc:
-        raise StoreError(f"{path}: cannot open its lock file {path}.lock ({exc.strerror or exc}); run as the "
-                         "hub's user") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
+        raise StoreError(f"{path}: cannot lock it with {path}.lock ({exc.strerror or exc}); run as the "
+                         "hub's user, with the database on a local file system") from None
+    if fd is None:
         raise StoreError(f"{path}: in use by another hub process; stop it first (or give this hub its own "
-                         "database)") from None
+                         "database)")
     return fd
 
 
